@@ -19,6 +19,12 @@ def _register_model_configs() -> None:
 
 _register_model_configs()
 
+from .checkpoint import CheckpointError  # noqa: E402
 from .config import LCACfg, PIRCfg, PriorCfg, VIRCfg  # noqa: E402
+from .factory import (  # noqa: E402
+    create_model, create_model_and_transforms, get_model_config, get_tokenizer, is_pir_model, load_prior,
+)
+from .model import PIR  # noqa: E402
+from .release import PIRRelease  # noqa: E402
 
 __version__ = "0.1.0"

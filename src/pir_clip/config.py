@@ -26,13 +26,15 @@ class PriorCfg:
 
     ``modified_resnet``: CLIP's ModifiedResNet (RN50 is layers (3, 4, 6, 3), width 64), loadable from the
     ``visual.*`` weights of an open_clip RN50 checkpoint. ``timm``: any timm image model by name, followed
-    by a linear map to ``embed_dim``.
+    by a linear map to ``embed_dim``. ``output_dim``: the ModifiedResNet's output width (default
+    ``embed_dim``; 1024 matches open_clip's RN50, so its ``visual.*`` weights load whole).
     """
     type: str = "modified_resnet"
     layers: Tuple[int, int, int, int] = (3, 4, 6, 3)
     width: int = 64
     head_width: int = 64
     image_size: int = 224
+    output_dim: Optional[int] = None
     timm_model_name: Optional[str] = None
     frozen: bool = True
 

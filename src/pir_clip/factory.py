@@ -1,0 +1,227 @@
+"""One entry point for every model: PIR configs are built here, every other name goes to open_clip.
+
+``create_model_and_transforms('PIR', pretrained='RemoteCLIP-ViT-B-32.pt', prior_pretrained='RN50.pt')``
+builds PIR with the CLIP checkpoint in its CLIP part and the RN50 weights in its prior;
+``create_model_and_transforms('ViT-B-32', pretrained=...)`` builds a plain open_clip model the same way.
+A checkpoint is recognised by its keys: the authors' release format builds the release-compatible model
+(:class:`~pir_clip.release.PIRRelease`), a PIR checkpoint loads strictly, a CLIP checkpoint fills the
+CLIP part and the PIR modules start fresh (logged).
+"""
+import copy
+import logging
+import math
+import os
+import re
+from dataclasses import asdict
+from typing import Any, Dict, Optional, Tuple, Union
+
+import open_clip
+import torch
+from open_clip.model import convert_weights_to_lp, get_cast_dtype, set_model_preprocess_cfg
+from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+from torch import nn
+
+from .checkpoint import (
+    PIR_PREFIXES, RELEASE_PREFIXES, CheckpointError, StateDict, checkpoint_format, load_into,
+    load_state_dict, log_fresh, resize_to_model,
+)
+from .config import PIRCfg, PriorCfg
+from .model import PIR
+from .prior import prior_state_dict_from
+from .release import PIRRelease
+
+get_tokenizer = open_clip.get_tokenizer
+
+
+def is_pir_model(model_name: str) -> bool:
+    cfg = open_clip.get_model_config(model_name)
+    return cfg is not None and "pir_cfg" in cfg
+
+
+def get_model_config(model_name: str) -> Dict[str, Any]:
+    """A copy of a registered model config; a clear error suggesting close names for unknown ones."""
+    cfg = open_clip.get_model_config(model_name)
+    if cfg is None:
+        import difflib
+        close = difflib.get_close_matches(model_name, open_clip.list_models(), n=5, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model name {model_name!r}.{hint} See open_clip.list_models() for all names.")
+    return copy.deepcopy(cfg)
+
+
+def release_prior_cfg(state_dict: StateDict) -> PriorCfg:
+    """Reads the release prior's ModifiedResNet shape off its weights (heads cannot be read: 64-wide)."""
+    try:
+        layers = tuple(
+            len({k.split(".")[2] for k in state_dict if k.startswith(f"res_visual.layer{i}.")}) for i in range(1, 5))
+        width = 2 * state_dict["res_visual.conv1.weight"].shape[0]
+        output_dim = state_dict["res_visual.attnpool.c_proj.weight"].shape[0]
+        grid = math.isqrt(state_dict["res_visual.attnpool.positional_embedding"].shape[0] - 1)
+    except KeyError as exc:
+        raise CheckpointError(f"release-format checkpoint lacks {exc.args[0]}; is the file complete?") from exc
+    return PriorCfg(type="modified_resnet", layers=layers, width=width, head_width=64, image_size=grid * 32,
+                    output_dim=output_dim, frozen=True)
+
+
+def set_precision(model: nn.Module, precision: str, device: Union[str, torch.device]) -> None:
+    """Same conventions as open_clip: 'fp16'/'bf16' cast weights but keep LayerNorm fp32; 'pure_*' casts all."""
+    if precision in ("fp16", "bf16"):
+        model.to(device=device)
+        convert_weights_to_lp(model, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
+    elif precision in ("pure_fp16", "pure_bf16"):
+        model.to(device=device, dtype=torch.float16 if precision == "pure_fp16" else torch.bfloat16)
+    else:
+        model.to(device=device)
+
+
+def _apply_overrides(cfg: Dict[str, Any], force_quick_gelu: bool, force_image_size, force_context_length,
+                     force_patch_dropout) -> None:
+    if force_quick_gelu:
+        cfg["quick_gelu"] = True
+    if force_image_size is not None:
+        cfg["vision_cfg"]["image_size"] = force_image_size
+    if force_context_length is not None:
+        cfg["text_cfg"]["context_length"] = force_context_length
+    if force_patch_dropout is not None:
+        cfg["vision_cfg"]["patch_dropout"] = force_patch_dropout
+
+
+def _read_pretrained(model_name: str, pretrained: Optional[str], clip_model: Optional[str],
+                     cache_dir: Optional[str]) -> Tuple[Optional[StateDict], Dict[str, Any]]:
+    """A local file is read here (safely); anything else is an open_clip pretrained tag for ``clip_model``."""
+    if not pretrained:
+        return None, {}
+    if os.path.isfile(pretrained):
+        return load_state_dict(pretrained), {}
+    if os.sep in pretrained or re.search(r"\.(pt|pth|bin|safetensors|ckpt)$", pretrained):
+        raise CheckpointError(f"checkpoint file not found: {pretrained}")
+    base = clip_model or model_name
+    if open_clip.get_pretrained_cfg(base, pretrained) == {}:
+        tags = open_clip.list_pretrained_tags_by_model(base)
+        raise ValueError(f"--pretrained {pretrained!r} is neither a file nor an open_clip tag of {base} "
+                         f"(tags: {tags or 'none'})")
+    logging.info(f"Loading open_clip {base} weights '{pretrained}' for the CLIP part of {model_name}.")
+    base_model = open_clip.create_model(base, pretrained=pretrained, cache_dir=cache_dir)
+    return base_model.state_dict(), open_clip.get_pretrained_cfg(base, pretrained)
+
+
+def create_model(
+        model_name: str,
+        pretrained: Optional[str] = None,
+        *,
+        prior_pretrained: Optional[str] = None,
+        precision: str = "fp32",
+        device: Union[str, torch.device] = "cpu",
+        output_dict: Optional[bool] = None,
+        unlock_prior: bool = False,
+        enable_vir: Optional[bool] = None,
+        enable_lca: Optional[bool] = None,
+        force_quick_gelu: bool = False,
+        force_image_size: Optional[int] = None,
+        force_context_length: Optional[int] = None,
+        force_patch_dropout: Optional[float] = None,
+        cache_dir: Optional[str] = None,
+        **model_kwargs,
+) -> nn.Module:
+    """Builds ``model_name`` and loads ``pretrained`` (a file path or an open_clip tag) into it.
+
+    PIR options: ``prior_pretrained`` (open_clip RN50 / release / timm or torchvision ResNet checkpoint for
+    the prior), ``unlock_prior`` (train the prior), ``enable_vir`` / ``enable_lca`` (ablations; None keeps
+    what the config or a PIR checkpoint says). Other arguments as open_clip.create_model.
+    """
+    cfg = get_model_config(model_name)
+    pir_cfg = PIRCfg.from_dict(cfg.pop("pir_cfg")) if "pir_cfg" in cfg else None
+    if pir_cfg is None and pretrained and not os.path.isfile(pretrained):
+        # A plain open_clip model with a pretrained tag: open_clip does everything.
+        return open_clip.create_model(
+            model_name, pretrained, precision=precision, device=device, force_quick_gelu=force_quick_gelu,
+            force_image_size=force_image_size, force_context_length=force_context_length,
+            force_patch_dropout=force_patch_dropout, cache_dir=cache_dir, output_dict=output_dict, **model_kwargs)
+    cfg.pop("custom_text", None)
+    _apply_overrides(cfg, force_quick_gelu, force_image_size, force_context_length, force_patch_dropout)
+
+    state_dict, tag_cfg = _read_pretrained(model_name, pretrained, pir_cfg and pir_cfg.clip_model, cache_dir)
+    fmt = checkpoint_format(state_dict) if state_dict is not None else None
+    if fmt == "release":
+        if pir_cfg is None or pir_cfg.architecture != "release":
+            logging.info(f"{pretrained} is an authors' release checkpoint: building the release-compatible model.")
+        pir_cfg = pir_cfg or PIRCfg()
+        pir_cfg.architecture = "release"
+        pir_cfg.prior = release_prior_cfg(state_dict)
+    elif fmt == "pir" and pir_cfg is not None and pir_cfg.architecture == "pir":
+        pir_cfg.vir.enabled = any(k.startswith("vir.") for k in state_dict)
+        pir_cfg.lca.enabled = any(k.startswith("lca.") for k in state_dict)
+    if pir_cfg is not None:
+        if enable_vir is not None:
+            pir_cfg.vir.enabled = enable_vir
+        if enable_lca is not None:
+            pir_cfg.lca.enabled = enable_lca
+        if unlock_prior:
+            pir_cfg.prior.frozen = False
+
+    cast_dtype = get_cast_dtype(precision)
+    if pir_cfg is None:
+        model = open_clip.model.CLIP(**cfg, cast_dtype=cast_dtype, **model_kwargs)
+    else:
+        model_class = PIRRelease if pir_cfg.architecture == "release" else PIR
+        model = model_class(**cfg, pir_cfg=pir_cfg, cast_dtype=cast_dtype, **model_kwargs)
+
+    prior_loaded = fmt in ("pir", "release")
+    if state_dict is not None:
+        allowed_missing = PIR_PREFIXES + RELEASE_PREFIXES if fmt == "clip" else ()
+        fresh = load_into(model, resize_to_model(state_dict, model), str(pretrained), allowed_missing)
+        prior_loaded = prior_loaded and not any(k.startswith(("prior.", "res_visual.")) for k in fresh)
+        log_fresh(model_name, fresh)
+    if prior_pretrained:
+        load_prior(model, prior_pretrained)
+        prior_loaded = True
+    if pir_cfg is not None and _has_prior(model) and pir_cfg.prior.frozen and not prior_loaded:
+        logging.warning(f"{model_name}: the prior encoder is frozen but has random weights; pass prior "
+                        "weights (--prior-pretrained) or unfreeze it (--unlock-prior).")
+
+    set_precision(model, precision, device)
+    preprocess = merge_preprocess_dict(asdict(PreprocessCfg()), tag_cfg)
+    preprocess["size"] = model.visual.image_size
+    set_model_preprocess_cfg(model, preprocess)
+    if output_dict:
+        model.output_dict = True
+    return model
+
+
+def _has_prior(model: nn.Module) -> bool:
+    return getattr(model, "prior", None) is not None or hasattr(model, "res_visual")
+
+
+def prior_trunk(model: nn.Module) -> nn.Module:
+    if isinstance(model, PIRRelease):
+        return model.res_visual
+    if isinstance(model, PIR) and model.prior is not None:
+        return model.prior.trunk
+    raise ValueError(f"{type(model).__name__} has no prior encoder to load weights into (is VIR disabled?)")
+
+
+def load_prior(model: nn.Module, path: str) -> None:
+    """Loads prior weights from an open_clip RN50, release, PIR or timm/torchvision ResNet checkpoint."""
+    trunk = prior_trunk(model)
+    state_dict = prior_state_dict_from(load_state_dict(path), path)
+    load_into(trunk, state_dict, f"prior checkpoint {path}")
+    logging.info(f"Loaded prior weights from {path}.")
+
+
+def create_model_and_transforms(
+        model_name: str,
+        pretrained: Optional[str] = None,
+        *,
+        aug_cfg: Optional[Dict[str, Any]] = None,
+        image_mean: Optional[Tuple[float, ...]] = None,
+        image_std: Optional[Tuple[float, ...]] = None,
+        image_interpolation: Optional[str] = None,
+        image_resize_mode: Optional[str] = None,
+        **kwargs,
+):
+    """Returns (model, preprocess_train, preprocess_val), like open_clip.create_model_and_transforms."""
+    model = create_model(model_name, pretrained, **kwargs)
+    overrides = {k: v for k, v in dict(mean=image_mean, std=image_std, interpolation=image_interpolation,
+                                       resize_mode=image_resize_mode).items() if v is not None}
+    cfg = PreprocessCfg(**merge_preprocess_dict(model.visual.preprocess_cfg, overrides))
+    return model, image_transform_v2(cfg, is_train=True, aug_cfg=aug_cfg), image_transform_v2(cfg, is_train=False)

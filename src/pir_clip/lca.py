@@ -1,0 +1,40 @@
+"""Language Cycle Attention (LCA) on Temporal-PAE: the previous step activates the current one.
+
+Given the text tower's projected token states U_0 (B, L, D) and each caption's end-of-text position,
+run ``cycles`` PAE steps; step i self-attends U_{i-1} and lets the linearly mapped U_{i-1} query the result.
+Returns the residual H_t(U_final at EOT) (H_t zero-initialised) that PIR adds to CLIP's text embedding.
+"""
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .config import LCACfg
+from .pae import ProgressiveAttentionLayer, zero_init_linear
+
+
+def padding_mask(eot_index: torch.Tensor, length: int) -> torch.Tensor:
+    """eot_index (B,) -> (B, length) bool, True for the padding positions after each EOT."""
+    positions = torch.arange(length, device=eot_index.device)
+    return positions.unsqueeze(0) > eot_index.unsqueeze(1)
+
+
+class LanguageCycleAttention(nn.Module):
+    def __init__(self, embed_dim: int, cfg: LCACfg, norm_layer: Callable[[int], nn.Module] = nn.LayerNorm):
+        super().__init__()
+        self.steps = nn.ModuleList([
+            ProgressiveAttentionLayer(embed_dim, cfg.heads, cfg.mlp_ratio, cfg.dropout, norm_layer)
+            for _ in range(cfg.cycles)
+        ])
+        self.head = zero_init_linear(embed_dim, embed_dim)
+
+    def forward(self, tokens: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+        """tokens (B, L, D), eot_index (B,) -> residual for the pooled text embedding (B, D)."""
+        # Positions after the longest caption's EOT are padding for every row and are masked as keys
+        # anyway, and a query only shapes its own position: cutting them changes nothing but the cost.
+        length = int(eot_index.max()) + 1
+        states = tokens[:, :length]
+        mask = padding_mask(eot_index, length)
+        for step in self.steps:
+            states = step(states, states, key_padding_mask=mask)
+        return self.head(states[torch.arange(states.shape[0], device=states.device), eot_index])

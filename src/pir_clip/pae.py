@@ -1,0 +1,62 @@
+"""The progressive attention encoder (PAE) layer shared by VIR (Spatial-PAE) and LCA (Temporal-PAE).
+
+One layer, in the notation of METHOD.md section 2::
+
+    A = LN(X + SelfAttn(X))                       # SelfAttnBlock
+    F = LN(A + CrossAttn(query=M q, keys=values=A))
+    F = LN(F + FFN(F))
+
+``q`` is the "instruction": the prior embedding on the image side (one query, whose attended summary is
+broadcast to every token as a residual) or the previous step's token states on the text side (one query
+per token). Post-norm, as in PIR-ITR's PAE blocks.
+"""
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+
+class ProgressiveAttentionLayer(nn.Module):
+    def __init__(
+            self,
+            dim: int,
+            heads: int,
+            mlp_ratio: float = 4.0,
+            dropout: float = 0.0,
+            norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+    ):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"PAE width {dim} is not divisible by its number of heads {heads}")
+        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.ln_self = norm_layer(dim)
+        self.query_map = nn.Linear(dim, dim)
+        self.cross_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.ln_cross = norm_layer(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+        self.ln_mlp = norm_layer(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+            self,
+            x: torch.Tensor,
+            query: torch.Tensor,
+            key_padding_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """x: (B, N, D) tokens; query: (B, Q, D) with Q == 1 (broadcast to all tokens) or Q == N;
+        key_padding_mask: (B, N) bool, True where a token must be ignored as a key. Returns (B, N, D)."""
+        attended = self.self_attn(x, x, x, key_padding_mask=key_padding_mask, need_weights=False)[0]
+        a = self.ln_self(x + self.dropout(attended))
+        activation = self.cross_attn(
+            self.query_map(query), a, a, key_padding_mask=key_padding_mask, need_weights=False)[0]
+        f = self.ln_cross(a + self.dropout(activation))
+        return self.ln_mlp(f + self.dropout(self.mlp(f)))
+
+
+def zero_init_linear(in_dim: int, out_dim: int) -> nn.Linear:
+    """A linear residual head that starts as the zero map, so an untrained PIR equals CLIP exactly."""
+    head = nn.Linear(in_dim, out_dim)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
