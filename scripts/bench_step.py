@@ -1,0 +1,132 @@
+"""Training-step cost of PIR against open_clip's plain CLIP, measured in one interleaved run on this machine.
+
+One step = forward + contrastive loss + backward + AdamW step, batch 32, on the CPU (or --device).
+Models: open_clip ViT-B-32, PIR (ViT-B/32 towers + RN50 prior) with the prior frozen, and with it
+trainable. Steps of the three models are interleaved so background load hits them alike; the median of
+--steps timed steps per model is reported, with forward FLOPs counted by torch's FlopCounterMode.
+The last line is ``pir_frozen_over_clip_step_ratio: X``.
+
+    python scripts/bench_step.py [--batch-size 32] [--steps 5] [--model PIR --baseline ViT-B-32]
+"""
+import argparse
+import statistics
+import time
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import pir_clip
+
+CAPTIONS = [
+    "many planes are parked next to a long runway at the airport",
+    "three white storage tanks stand in the lower left of the industrial area",
+    "a river with green trees on both sides crosses the farmland",
+    "dozens of cars are parked in rows in the parking lot near the road",
+]
+
+
+def batch(model_name: str, batch_size: int, image_size: int, device):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(batch_size, 3, image_size, image_size, generator=g).to(device)
+    texts = open_clip.get_tokenizer(model_name)([CAPTIONS[i % len(CAPTIONS)] for i in range(batch_size)]).to(device)
+    return images, texts
+
+
+def contrastive_loss(out):
+    logits = out["logit_scale"] * out["image_features"] @ out["text_features"].T
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+class Stepper:
+    def __init__(self, label, model, inputs):
+        self.label, self.model, self.inputs = label, model.train(), inputs
+        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        self.times = []
+
+    def step(self, record=True):
+        start = time.perf_counter()
+        loss = contrastive_loss(self.model(*self.inputs))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.inputs[0].is_cuda:
+            torch.cuda.synchronize()
+        if record:
+            self.times.append(time.perf_counter() - start)
+
+    def forward_flops(self) -> int:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            self.model(*self.inputs)
+        return counter.get_total_flops()
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+
+class PriorOnly(Stepper):
+    """Times the frozen prior's forward pass alone, to split PIR's extra cost into prior and PAE blocks."""
+
+    def __init__(self, label, prior, inputs):
+        self.label, self.model, self.inputs, self.times = label, prior, inputs[:1], []
+
+    def step(self, record=True):
+        start = time.perf_counter()
+        with torch.no_grad():
+            self.model(*self.inputs)
+        if record:
+            self.times.append(time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="PIR")
+    parser.add_argument("--baseline", default="ViT-B-32")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    image_size = pir_clip.get_model_config(args.model)["vision_cfg"]["image_size"]
+    inputs = batch(args.model, args.batch_size, image_size, args.device)
+    steppers = [
+        Stepper(f"{args.baseline} (open_clip)", pir_clip.create_model(args.baseline, output_dict=True,
+                                                                      device=args.device), inputs),
+        Stepper(f"{args.model}, prior frozen", pir_clip.create_model(args.model, output_dict=True,
+                                                                     device=args.device), inputs),
+        Stepper(f"{args.model}, prior trainable", pir_clip.create_model(
+            args.model, output_dict=True, unlock_prior=True, device=args.device), inputs),
+    ]
+    prior = PriorOnly("frozen prior forward alone", steppers[1].model.prior, inputs)
+    steppers.append(prior)
+    flops = [s.forward_flops() for s in steppers]
+    for _ in range(args.warmup):
+        for s in steppers:
+            s.step(record=False)
+    for i in range(args.steps):
+        for s in steppers:
+            s.step()
+        print(f"  round {i + 1}/{args.steps}: " + ", ".join(f"{s.times[-1]:.2f}s" for s in steppers), flush=True)
+
+    base = steppers[0]
+    print(f"\nbatch {args.batch_size}, {args.steps} timed steps per model, device {args.device}, "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"{'model':48s} {'median step (s)':>16s} {'ratio':>7s} {'fwd GFLOPs':>11s} {'flop ratio':>10s}")
+    for s, f in zip(steppers, flops):
+        print(f"{s.label:48s} {s.median:16.3f} {s.median / base.median:7.3f} {f / 1e9:11.1f} {f / flops[0]:10.3f}")
+    frozen, trainable = steppers[1].median / base.median, steppers[2].median / base.median
+    prior_share = prior.median / base.median
+    print(f"prior_share_of_clip_step: {prior_share:.3f}")
+    print(f"pae_blocks_share_of_clip_step: {frozen - 1 - prior_share:.3f}")
+    print(f"pir_trainable_over_clip_step_ratio: {trainable:.3f}")
+    print(f"pir_forward_flops_ratio: {flops[1] / flops[0]:.3f}")
+    print(f"pir_frozen_over_clip_step_ratio: {frozen:.3f}")
+
+
+if __name__ == "__main__":
+    main()
