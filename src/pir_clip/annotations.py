@@ -18,7 +18,7 @@ import csv
 import io
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import replace, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 FORMATS = ("karpathy", "pirtr", "csv")
@@ -334,17 +334,34 @@ def detect_format(path: str, data: Any = None) -> str:
                           "PIR-ITR JSON (list of rows with 'image' and 'caption') or a .csv file; pass --format")
 
 
-def check_images_exist(image_paths: Sequence[str], source: str, images_dir: Optional[str] = None) -> None:
+def default_images_dirs(annotation_path: str) -> List[str]:
+    """Folders tried, in order, for relative image names when no images directory is given: the annotation
+    file's folder, then its ``images`` sub-folder (the RSITMD/RSICD layout)."""
+    folder = os.path.dirname(os.path.abspath(annotation_path))
+    return [folder, os.path.join(folder, "images")]
+
+
+def choose_images_dir(annotation_path: str, names: Sequence[str]) -> str:
+    """The first default folder holding the first image; else the first existing one."""
+    candidates = default_images_dirs(annotation_path)
+    for folder in candidates:
+        if names and os.path.isfile(os.path.join(folder, names[0])):
+            return folder
+    return next((folder for folder in candidates if os.path.isdir(folder)), candidates[-1])
+
+
+def check_images_exist(image_paths: Sequence[str], source: str, images_dir: Optional[str] = None,
+                       images_flag: str = "--images-dir") -> None:
     """Raise one ``DataFormatError`` listing how many images are missing and the first few paths."""
     if images_dir is not None and not os.path.isdir(images_dir):
         raise DataFormatError(f"images directory {images_dir} (for {source}) does not exist; pass the folder "
-                              "holding the images with --images-dir")
+                              f"holding the images with {images_flag}")
     unique = list(dict.fromkeys(image_paths))
     missing = [p for p in unique if not os.path.isfile(p)]
     if missing:
         where = f" under {images_dir}" if images_dir is not None else ""
         raise DataFormatError(f"{len(missing):,} of {len(unique):,} images listed in {source} are missing{where}; "
-                              f"first missing: {', '.join(missing[:_SHOW_MISSING])}. Check --images-dir and the "
+                              f"first missing: {', '.join(missing[:_SHOW_MISSING])}. Check {images_flag} and the "
                               "file names in the annotation file")
 
 
@@ -375,23 +392,30 @@ def _load_records(path: str, images_dir: Optional[str], split: SplitArg, fmt: st
 def load_caption_records(path: str, images_dir: Optional[str] = None, split: SplitArg = "train", fmt: str = "auto",
                          csv_encoding: str = "utf-8", csv_separator: str = ",", csv_image_key: str = "filename",
                          csv_caption_key: str = "title", csv_label_key: Optional[str] = None,
-                         check_images: bool = True) -> List[CaptionRecord]:
+                         check_images: bool = True, images_flag: str = "--images-dir") -> List[CaptionRecord]:
     """Flat training pairs from any supported file; ``split`` selects Karpathy entries only.
 
-    ``images_dir``: folder the file's image names are relative to (``None``: names used as given).
+    ``images_dir``: folder the file's image names are relative to (``None``: the annotation file's folder,
+    or its ``images/`` sub-folder, whichever holds the first image).
     ``check_images``: fail now, listing the missing files, rather than mid-epoch.
     """
-    records = _load_records(path, images_dir, split, fmt, csv_encoding, csv_separator, csv_image_key,
-                            csv_caption_key, csv_label_key)
+    if images_dir is None:
+        records = _load_records(path, None, split, fmt, csv_encoding, csv_separator, csv_image_key,
+                                csv_caption_key, csv_label_key)
+        images_dir = choose_images_dir(os.fspath(path), [r.image_path for r in records])
+        records = [replace(r, image_path=os.path.join(images_dir, r.image_path)) for r in records]
+    else:
+        records = _load_records(path, images_dir, split, fmt, csv_encoding, csv_separator, csv_image_key,
+                                csv_caption_key, csv_label_key)
     if check_images:
-        check_images_exist([r.image_path for r in records], os.fspath(path), images_dir)
+        check_images_exist([r.image_path for r in records], os.fspath(path), images_dir, images_flag)
     return records
 
 
 def load_retrieval_set(path: str, images_dir: Optional[str] = None, split: SplitArg = "test", fmt: str = "auto",
                        csv_encoding: str = "utf-8", csv_separator: str = ",", csv_image_key: str = "filename",
                        csv_caption_key: str = "title", csv_label_key: Optional[str] = None,
-                       check_images: bool = True) -> RetrievalSet:
+                       check_images: bool = True, images_flag: str = "--images-dir") -> RetrievalSet:
     """An evaluation set from any supported file, validated before any model work.
 
     ``fmt``: ``auto`` (by extension, then JSON shape), ``karpathy``, ``pirtr`` or ``csv``. ``split`` selects
@@ -399,5 +423,5 @@ def load_retrieval_set(path: str, images_dir: Optional[str] = None, split: Split
     same image are grouped into one image with several captions.
     """
     records = load_caption_records(path, images_dir, split, fmt, csv_encoding, csv_separator, csv_image_key,
-                                   csv_caption_key, csv_label_key, check_images)
+                                   csv_caption_key, csv_label_key, check_images, images_flag)
     return RetrievalSet.from_records(records, source=os.fspath(path), split=_split_label(split))

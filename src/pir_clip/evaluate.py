@@ -1,0 +1,110 @@
+"""Encoding an evaluation set with a model, and scoring it with the RS retrieval protocol.
+
+Shared by ``retrieval.py`` and by validation during training, so both report the same numbers.
+"""
+import logging
+from contextlib import nullcontext
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .annotations import DataFormatError, RetrievalSet
+from .metrics import retrieval_metrics
+
+
+class ImageFiles(Dataset):
+    """Image files -> preprocessed tensors; an unreadable image is an error (skipping it would change the
+    metrics), reported with its path."""
+
+    def __init__(self, paths: Sequence[str], transform: Callable):
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        path = self.paths[index]
+        try:
+            with Image.open(path) as image:
+                return self.transform(image.convert("RGB"))
+        except (OSError, ValueError) as exc:
+            raise DataFormatError(f"cannot read image {path}: {exc}") from exc
+
+
+def autocast_for(precision: str, device: torch.device):
+    if precision in ("amp", "amp_bf16", "amp_bfloat16"):
+        dtype = torch.float16 if precision == "amp" else torch.bfloat16
+        return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+    return nullcontext
+
+
+def input_dtype_for(precision: str) -> Optional[torch.dtype]:
+    return {"bf16": torch.bfloat16, "pure_bf16": torch.bfloat16,
+            "fp16": torch.float16, "pure_fp16": torch.float16}.get(precision)
+
+
+@torch.no_grad()
+def encode_images(model: nn.Module, paths: Sequence[str], preprocess: Callable, *, batch_size: int = 64,
+                  workers: int = 0, device="cpu", precision: str = "fp32", progress: bool = True) -> torch.Tensor:
+    """Image files -> L2-normalised embeddings (N, D), float32 on the CPU."""
+    device = torch.device(device)
+    autocast, dtype = autocast_for(precision, device), input_dtype_for(precision)
+    loader = DataLoader(ImageFiles(paths, preprocess), batch_size=batch_size, num_workers=workers)
+    out = []
+    for images in tqdm(loader, desc="encoding images", unit="batch", disable=not progress):
+        with autocast():
+            features = model.encode_image(images.to(device=device, dtype=dtype))
+        out.append(F.normalize(features.float(), dim=-1).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_texts(model: nn.Module, captions: Sequence[str], tokenizer: Callable, *, batch_size: int = 256,
+                 device="cpu", precision: str = "fp32", progress: bool = True) -> torch.Tensor:
+    """Captions -> L2-normalised embeddings (M, D), float32 on the CPU. Duplicate captions (common in
+    RSICD) are encoded once."""
+    device = torch.device(device)
+    autocast = autocast_for(precision, device)
+    unique: Dict[str, int] = {}
+    for caption in captions:
+        unique.setdefault(caption, len(unique))
+    texts: List[str] = list(unique)
+    out = []
+    for start in tqdm(range(0, len(texts), batch_size), desc="encoding captions", unit="batch", disable=not progress):
+        tokens = tokenizer(texts[start:start + batch_size]).to(device)
+        with autocast():
+            features = model.encode_text(tokens)
+        out.append(F.normalize(features.float(), dim=-1).cpu())
+    embeddings = torch.cat(out)
+    return embeddings[torch.tensor([unique[c] for c in captions])]
+
+
+def encode_retrieval_set(model: nn.Module, data: RetrievalSet, preprocess: Callable, tokenizer: Callable, *,
+                         batch_size: int = 64, workers: int = 0, device="cpu", precision: str = "fp32",
+                         progress: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    model = getattr(model, "module", model)  # DDP
+    was_training = model.training
+    model.eval()
+    try:
+        images = encode_images(model, data.image_paths, preprocess, batch_size=batch_size, workers=workers,
+                               device=device, precision=precision, progress=progress)
+        texts = encode_texts(model, data.captions, tokenizer, batch_size=max(batch_size, 64), device=device,
+                             precision=precision, progress=progress)
+    finally:
+        model.train(was_training)
+    return images, texts
+
+
+def evaluate_retrieval(model: nn.Module, data: RetrievalSet, preprocess: Callable, tokenizer: Callable,
+                       **kwargs) -> Tuple[Dict[str, float], torch.Tensor, torch.Tensor]:
+    """Encodes ``data`` and returns (metrics, image embeddings, text embeddings)."""
+    images, texts = encode_retrieval_set(model, data, preprocess, tokenizer, **kwargs)
+    metrics = retrieval_metrics(images, texts, data.text_to_image)
+    logging.debug(f"evaluated {data.summary()}")
+    return metrics, images, texts

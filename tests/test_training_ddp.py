@@ -1,0 +1,57 @@
+"""Data parallelism: a 2-process torchrun step equals one process on the concatenated batch; the CLI runs
+under torchrun on CPU (gloo, no device_ids)."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+
+
+def env():
+    # One thread per worker: two OpenMP pools spinning on two cores would slow everything down 10x.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([ROOT + "/src", ROOT + "/tests"])}
+
+
+def torchrun(args, timeout=300):
+    cmd = [TORCHRUN, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000)] + args
+    return subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+def test_two_process_step_equals_one_process_on_the_whole_batch(tmp_path):
+    proc = torchrun(["tests/ddp_step_check.py", str(tmp_path)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run([sys.executable, "tests/ddp_step_check.py", str(tmp_path)], cwd=ROOT, env=env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    single = torch.load(tmp_path / "single.pt", weights_only=True)
+    assert set(ddp["losses"]) == {"contrastive_loss", "affiliation_loss", "loss"}
+    for name, value in single["losses"].items():
+        assert torch.allclose(ddp["losses"][name], value, atol=1e-5), name
+    assert single["losses"]["affiliation_loss"] > 0
+    assert set(ddp["grads"]) == set(single["grads"])
+    assert any(k.startswith("vir.") for k in single["grads"]) and any(k.startswith("lca.") for k in single["grads"])
+    for name, grad in single["grads"].items():
+        scale = grad.abs().max().clamp_min(1e-3)
+        assert (ddp["grads"][name] - grad).abs().max() <= 1e-4 * scale, name
+    for name, value in single["state_dict"].items():
+        assert torch.allclose(ddp["state_dict"][name].float(), value.float(), atol=1e-6, rtol=1e-5), name
+
+
+def test_training_cli_under_torchrun(synthetic_data, tmp_path):
+    proc = torchrun(["-m", "training.main", "--model", "PIR-tiny", "--is_aff_loss", "--gather-with-grad",
+                     "--train-data", str(synthetic_data / "dataset_synthetic.json"), "--dataset-type", "json",
+                     "--batch-size", "4", "--epochs", "1", "--workers", "0", "--precision", "fp32",
+                     "--lr", "1e-4", "--warmup", "2", "--logs-dir", str(tmp_path), "--name", "ddp",
+                     "--log-every-n-steps", "1"])
+    log = (tmp_path / "ddp" / "out.log").read_text() if (tmp_path / "ddp" / "out.log").exists() else ""
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "distributed mode" in log or "total 2" in log or "Affiliation_loss" in log
+    ckpt = torch.load(tmp_path / "ddp" / "checkpoints" / "epoch_1.pt", weights_only=True)
+    assert ckpt["epoch"] == 1
+    assert not any(k.startswith("module.") for k in ckpt["state_dict"])
