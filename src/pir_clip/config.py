@@ -56,6 +56,9 @@ class VIRCfg:
     mlp_ratio: float = 4.0
     dropout: float = 0.2
 
+    def __post_init__(self):
+        _check_positive(self, "pir_cfg.vir", ("filter_size", "depth", "heads"))
+
 
 @dataclass
 class LCACfg:
@@ -65,6 +68,16 @@ class LCACfg:
     heads: int = 8
     mlp_ratio: float = 4.0
     dropout: float = 0.2
+
+    def __post_init__(self):
+        _check_positive(self, "pir_cfg.lca", ("cycles", "heads"))
+
+
+def _check_positive(cfg, where: str, names: Tuple[str, ...]) -> None:
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{where}.{name} must be at least 1, got {getattr(cfg, name)} "
+                             "(disable the module with 'enabled': false instead)")
 
 
 @dataclass

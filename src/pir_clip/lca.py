@@ -35,6 +35,6 @@ class LanguageCycleAttention(nn.Module):
         length = int(eot_index.max()) + 1
         states = tokens[:, :length]
         mask = padding_mask(eot_index, length)
-        for step in self.steps:
+        for step in self.steps[:-1]:
             states = step(states, states, key_padding_mask=mask)
-        return self.head(states[torch.arange(states.shape[0], device=states.device), eot_index])
+        return self.head(self.steps[-1](states, states, key_padding_mask=mask, output_index=eot_index)[:, 0])

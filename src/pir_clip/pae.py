@@ -43,14 +43,26 @@ class ProgressiveAttentionLayer(nn.Module):
             x: torch.Tensor,
             query: torch.Tensor,
             key_padding_mask: Optional[torch.Tensor] = None,
+            output_index: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """x: (B, N, D) tokens; query: (B, Q, D) with Q == 1 (broadcast to all tokens) or Q == N;
-        key_padding_mask: (B, N) bool, True where a token must be ignored as a key. Returns (B, N, D)."""
+        key_padding_mask: (B, N) bool, True where a token must be ignored as a key. Returns (B, N, D).
+
+        ``output_index`` (B,) long: compute the output at one position per row only, (B, 1, D). The last
+        layer of VIR and LCA needs just one token, and every token's output depends on the others only
+        through A, so the cross-attention query and the FFN run for that token alone: same values, less work.
+        """
         attended = self.self_attn(x, x, x, key_padding_mask=key_padding_mask, need_weights=False)[0]
         a = self.ln_self(x + self.dropout(attended))
+        residual = a
+        if output_index is not None:
+            rows = torch.arange(x.shape[0], device=x.device)
+            residual = a[rows, output_index].unsqueeze(1)
+            if query.shape[1] != 1:
+                query = query[rows, output_index].unsqueeze(1)
         activation = self.cross_attn(
             self.query_map(query), a, a, key_padding_mask=key_padding_mask, need_weights=False)[0]
-        f = self.ln_cross(a + self.dropout(activation))
+        f = self.ln_cross(residual + self.dropout(activation))
         return self.ln_mlp(f + self.dropout(self.mlp(f)))
 
 

@@ -52,6 +52,7 @@ class VisionInstructionRepresentation(nn.Module):
         instruction = self.instruction_proj(prior_features.to(tokens.dtype))
         kept = keep_top_tokens(tokens, belief_scores(tokens, instruction), self.filter_size)
         query = instruction.unsqueeze(1)
-        for layer in self.layers:
+        for layer in self.layers[:-1]:
             kept = layer(kept, query)
-        return self.head(kept[:, 0])
+        first = torch.zeros(kept.shape[0], dtype=torch.long, device=kept.device)
+        return self.head(self.layers[-1](kept, query, output_index=first)[:, 0])
