@@ -273,3 +273,18 @@ def test_pae_settings_are_validated():
         PIRCfg.from_dict({"lca": {"cycles": 0}})
     with pytest.raises(ValueError, match="unknown key"):
         PIRCfg.from_dict({"vir": {"filtersize": 3}})
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_single_query_attention_equals_multihead_attention(masked):
+    from pir_clip.pae import single_query_attention
+    torch.manual_seed(0)
+    attn = torch.nn.MultiheadAttention(48, 6, batch_first=True).eval()
+    with torch.no_grad():
+        attn.in_proj_bias.normal_()  # non-zero biases: the folding must handle them
+        attn.out_proj.bias.normal_()
+    query, kv = torch.randn(4, 1, 48), torch.randn(4, 9, 48)
+    mask = padding_mask(torch.tensor([8, 3, 0, 5]), 9) if masked else None
+    with torch.no_grad():
+        expected = attn(query, kv, kv, key_padding_mask=mask, need_weights=False)[0]
+        assert torch.allclose(single_query_attention(attn, query, kv, mask), expected, atol=1e-5)

@@ -13,7 +13,34 @@ per token). Post-norm, as in PIR-ITR's PAE blocks.
 from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+def single_query_attention(attn: nn.MultiheadAttention, query: torch.Tensor, kv: torch.Tensor,
+                           key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``attn(query, kv, kv)`` for ONE query per row, in O(N*D*H + D^2) instead of O(N*D^2).
+
+    query (B, 1, D), kv (B, N, D) -> (B, 1, D). With a single query, head h's scores
+    q_h . (W_k,h kv_n + b_k,h) equal (W_k,h^T q_h) . kv_n plus a constant that softmax ignores, and the
+    value projection commutes with the attention-weighted sum (weights sum to one, so b_v passes through):
+    no key or value is ever projected. Uses ``attn``'s own weights and attention dropout.
+    """
+    batch, n, dim = kv.shape
+    heads = attn.num_heads
+    head_dim = dim // heads
+    w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+    b_q, _, b_v = attn.in_proj_bias.chunk(3)
+    q = F.linear(query[:, 0], w_q, b_q).view(batch, heads, head_dim) * head_dim ** -0.5
+    folded = torch.einsum("bhe,hed->bhd", q, w_k.view(heads, head_dim, dim))  # (B, H, D)
+    scores = torch.einsum("bhd,bnd->bhn", folded, kv)  # (B, H, N)
+    if key_padding_mask is not None:
+        scores = scores.masked_fill(key_padding_mask.unsqueeze(1), float("-inf"))
+    weights = F.dropout(scores.softmax(dim=-1), p=attn.dropout, training=attn.training)
+    pooled = torch.einsum("bhn,bnd->bhd", weights, kv)  # (B, H, D)
+    heads_out = torch.einsum("bhd,hed->bhe", pooled, w_v.view(heads, head_dim, dim)) + b_v.view(heads, head_dim)
+    return attn.out_proj(heads_out.reshape(batch, 1, dim))
+
 
 
 class ProgressiveAttentionLayer(nn.Module):
@@ -60,8 +87,11 @@ class ProgressiveAttentionLayer(nn.Module):
             residual = a[rows, output_index].unsqueeze(1)
             if query.shape[1] != 1:
                 query = query[rows, output_index].unsqueeze(1)
-        activation = self.cross_attn(
-            self.query_map(query), a, a, key_padding_mask=key_padding_mask, need_weights=False)[0]
+        if query.shape[1] == 1:  # VIR's instruction, or the one output token of a last layer
+            activation = single_query_attention(self.cross_attn, self.query_map(query), a, key_padding_mask)
+        else:
+            activation = self.cross_attn(
+                self.query_map(query), a, a, key_padding_mask=key_padding_mask, need_weights=False)[0]
         f = self.ln_cross(residual + self.dropout(activation))
         return self.ln_mlp(f + self.dropout(self.mlp(f)))
 
