@@ -5,7 +5,6 @@ import math
 import open_clip
 import pytest
 import torch
-import torch.nn.functional as F
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 from safetensors.torch import save_file

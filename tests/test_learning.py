@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 import pir_clip
 from pir_clip.annotations import load_retrieval_set

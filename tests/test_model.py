@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import pir_clip
-from pir_clip import PIR, PIRRelease, create_model
+from pir_clip import PIR, create_model
 from pir_clip.config import PIRCfg, PriorCfg
 from pir_clip.lca import padding_mask
 from pir_clip.vir import belief_scores, keep_top_tokens

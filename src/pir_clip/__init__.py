@@ -28,3 +28,8 @@ from .model import PIR  # noqa: E402
 from .release import PIRRelease  # noqa: E402
 
 __version__ = "0.1.0"
+__all__ = [
+    "MODEL_CONFIG_DIR", "CheckpointError", "LCACfg", "PIRCfg", "PriorCfg", "VIRCfg", "PIR", "PIRRelease",
+    "create_model", "create_model_and_transforms", "get_model_config", "get_tokenizer", "is_pir_model",
+    "load_prior",
+]

@@ -17,9 +17,6 @@ from .config import PIRCfg
 from .model import _as_dict
 from .prior import build_prior, freeze
 
-RELEASE_KEY_PREFIXES = ("res_visual.", "vision_proj_res.")
-
-
 class PIRRelease(CLIP):
     """CLIP ViT + the release's instruction token. Module names match the release's checkpoints."""
 

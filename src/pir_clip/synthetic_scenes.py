@@ -478,7 +478,6 @@ def sample_parkinglot(rng):
 
 
 def draw_parkinglot(cv: Canvas, a: dict) -> None:
-    s = cv.size
     cv.fill_ground(ASPHALT, variation=8)
     rows, per_row = (0.2, 0.5, 0.8), 8
     pitch = 0.8 / per_row
@@ -525,7 +524,6 @@ def sample_storagetanks(rng):
 
 
 def draw_storagetanks(cv: Canvas, a: dict) -> None:
-    s = cv.size
     cv.fill_ground(DIRT)
     cv.draw_extras()
     radius = cv.px(0.055 if a["tank_size"] == "small" else 0.085)
@@ -849,7 +847,6 @@ def draw_diamond(cv: Canvas, home: Tuple[float, float], radius: float, turn: flo
 
 
 def draw_baseballfield(cv: Canvas, a: dict) -> None:
-    s = cv.size
     cv.fill_ground(GRASS)
     top, bottom = 0.0, 1.0
     if a["n_cars"]:

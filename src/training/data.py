@@ -30,7 +30,7 @@ import random
 import re
 import tarfile
 from bisect import bisect_right
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from io import BytesIO
 from itertools import accumulate, islice
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Pattern, Sequence, Tuple, Union
