@@ -94,6 +94,10 @@ def run(args, device: torch.device) -> None:
                       rank=args.rank, world_size=args.world_size, aff_weight=args.aff_loss_weight,
                       use_affiliation=args.is_aff_loss)
     writer = tensorboard_writer(args)
+    original_model = model  # checkpoints hold its state dict, without torch.compile's wrapper
+    if args.torchcompile:
+        logging.info("Compiling the model with torch.compile ...")
+        model = torch.compile(original_model)
 
     if start_epoch >= args.epochs:
         logging.info(f"Nothing to do: the checkpoint is at epoch {start_epoch} of --epochs {args.epochs}.")
@@ -104,13 +108,14 @@ def run(args, device: torch.device) -> None:
         completed_epoch = epoch + 1
         metrics = {}
         if val_set is not None and (completed_epoch % args.val_frequency == 0 or completed_epoch == args.epochs):
-            metrics = evaluate(model, val_set, completed_epoch, args, preprocess_val, tokenizer, tb_writer=writer)
+            metrics = evaluate(original_model, val_set, completed_epoch, args, preprocess_val, tokenizer,
+                               tb_writer=writer)
         mean_recall = metrics.get(MEAN_RECALL_NAME)
         is_best = mean_recall is not None and (best_mean_recall is None or mean_recall > best_mean_recall)
         if is_best:
             best_mean_recall = mean_recall
         if args.save_logs:
-            state = training_state(unwrap(model), optimizer, scaler, completed_epoch,
+            state = training_state(unwrap(original_model), optimizer, scaler, completed_epoch,
                                    completed_epoch * steps_per_epoch, args.name, best_mean_recall)
             save_epoch_checkpoints(state, args.checkpoint_path, completed_epoch=completed_epoch,
                                    total_epochs=args.epochs, save_frequency=args.save_frequency,

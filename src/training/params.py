@@ -92,10 +92,16 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
             re.compile(args.aff_label_regex)
         except re.error as exc:
             raise SystemExit(f"--aff-label-regex {args.aff_label_regex!r} is not a valid regular expression: {exc}")
-    if args.horovod:
-        raise SystemExit("--horovod is not supported by pir-clip; use torchrun (torch.distributed).")
-    if args.siglip or args.distill_model:
-        raise SystemExit("--siglip and --distill-* are open_clip features pir-clip does not support.")
+    unsupported = {
+        "--horovod": args.horovod, "--siglip": args.siglip, "--distill-model": args.distill_model,
+        "--torchscript": args.torchscript, "--trace": args.trace, "--use-bnb-linear": args.use_bnb_linear,
+        "--imagenet-val": args.imagenet_val, "--imagenet-v2": args.imagenet_v2,
+        "--remote-sync": args.remote_sync, "--copy-codebase": args.copy_codebase,
+    }
+    given = [flag for flag, value in unsupported.items() if value]
+    if given:
+        raise SystemExit(f"{', '.join(given)}: open_clip feature(s) pir-clip does not support "
+                         "(distributed training uses torchrun; validation uses --val-data).")
     if args.accum_freq < 1:
         raise SystemExit(f"--accum-freq must be >= 1, got {args.accum_freq}")
     if isinstance(args.force_image_size, (tuple, list)) and len(args.force_image_size) == 1:
