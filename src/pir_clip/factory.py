@@ -137,7 +137,6 @@ def create_model(
             model_name, pretrained, precision=precision, device=device, force_quick_gelu=force_quick_gelu,
             force_image_size=force_image_size, force_context_length=force_context_length,
             force_patch_dropout=force_patch_dropout, cache_dir=cache_dir, output_dict=output_dict, **model_kwargs)
-    cfg.pop("custom_text", None)
     _apply_overrides(cfg, force_quick_gelu, force_image_size, force_context_length, force_patch_dropout)
 
     state_dict, tag_cfg = _read_pretrained(model_name, pretrained, pir_cfg and pir_cfg.clip_model, cache_dir)
@@ -160,9 +159,12 @@ def create_model(
             pir_cfg.prior.frozen = False
 
     cast_dtype = get_cast_dtype(precision)
+    custom_text = cfg.pop("custom_text", False) or "hf_model_name" in cfg["text_cfg"]
     if pir_cfg is None:
-        model = open_clip.model.CLIP(**cfg, cast_dtype=cast_dtype, **model_kwargs)
+        model = open_clip_class(cfg, custom_text)(**cfg, cast_dtype=cast_dtype, **model_kwargs)
     else:
+        if custom_text or "multimodal_cfg" in cfg:
+            raise ValueError(f"{model_name}: PIR needs open_clip's plain CLIP towers (no custom/HF text tower)")
         model_class = PIRRelease if pir_cfg.architecture == "release" else PIR
         model = model_class(**cfg, pir_cfg=pir_cfg, cast_dtype=cast_dtype, **model_kwargs)
 
@@ -186,6 +188,15 @@ def create_model(
     if output_dict:
         model.output_dict = True
     return model
+
+
+def open_clip_class(cfg: Dict[str, Any], custom_text: bool):
+    """The open_clip class for a config, chosen as open_clip's factory does (CLIP, CustomTextCLIP, CoCa)."""
+    if custom_text and "hf_model_name" in cfg["text_cfg"]:
+        cfg["text_cfg"]["hf_model_pretrained"] = False  # the checkpoint brings the text weights; no download
+    if "multimodal_cfg" in cfg:
+        return open_clip.CoCa
+    return open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
 
 
 def _has_prior(model: nn.Module) -> bool:
