@@ -127,7 +127,10 @@ def forward_backward(model, loss_fn, batches: List[Batch], autocast, scaler):
             out = model(images, texts)
             features = {key: torch.cat([out[key] if n == j else c[key] for n, c in enumerate(cached)])
                         for key in ("image_features", "text_features")}
-            extras = {key: out[key] for key in ("logit_scale", "logit_bias") if key in out}
+            # The scale enters every pass's loss in full: let only the first pass carry its gradient, else
+            # it would get k times the whole batch's gradient (as open_clip's accumulation does).
+            extras = {key: out[key] if j == 0 else out[key].detach()
+                      for key in ("logit_scale", "logit_bias") if key in out}
             losses = loss_fn(**features, **extras, class_ids=class_ids, output_dict=True)
             total = sum(losses.values())
         backward(total, scaler)
