@@ -2,8 +2,9 @@
 
 One step = forward + contrastive loss + backward + AdamW step, batch 32, on the CPU (or --device).
 Models: open_clip ViT-B-32, PIR (ViT-B/32 towers + RN50 prior) with the prior frozen, and with it
-trainable. Steps of the three models are interleaved so background load hits them alike; the median of
---steps timed steps per model is reported, with forward FLOPs counted by torch's FlopCounterMode.
+trainable; plus the frozen prior's forward and the VIR + LCA blocks (forward + backward) timed alone.
+All of them are interleaved, step by step, so background load hits them alike; the median of --steps
+timed steps each is reported, with forward FLOPs counted by torch's FlopCounterMode.
 The last line is ``pir_frozen_over_clip_step_ratio: X``.
 
     python scripts/bench_step.py [--batch-size 32] [--steps 5] [--model PIR --baseline ViT-B-32]
@@ -81,6 +82,29 @@ class PriorOnly(Stepper):
             self.times.append(time.perf_counter() - start)
 
 
+class PAEOnly(Stepper):
+    """Times VIR + LCA alone (forward + backward) on inputs shaped like the step's: the PAE blocks' own cost,
+    without the glue around them (token projections, the prior) that the subtraction estimate includes."""
+
+    def __init__(self, label, model, inputs):
+        self.label, self.model, self.times = label, model, []
+        images, texts = inputs
+        g = torch.Generator().manual_seed(0)
+        dim = model.vir.head.in_features
+        n_tokens = (model.visual.grid_size[0] * model.visual.grid_size[1])
+        self.tokens = torch.randn(len(images), n_tokens, dim, generator=g, device=images.device, requires_grad=True)
+        self.prior = torch.randn(len(images), model.prior.output_dim, generator=g, device=images.device)
+        self.text_tokens = torch.randn(len(texts), texts.shape[1], dim, generator=g, device=images.device,
+                                       requires_grad=True)
+        self.eot = model.eot_index(texts)
+
+    def step(self, record=True):
+        start = time.perf_counter()
+        (self.model.vir(self.tokens, self.prior).sum() + self.model.lca(self.text_tokens, self.eot).sum()).backward()
+        if record:
+            self.times.append(time.perf_counter() - start)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="PIR")
@@ -103,8 +127,9 @@ def main():
             args.model, output_dict=True, unlock_prior=True, device=args.device), inputs),
     ]
     prior = PriorOnly("frozen prior forward alone", steppers[1].model.prior, inputs)
-    steppers.append(prior)
-    flops = [s.forward_flops() for s in steppers]
+    pae = PAEOnly("VIR + LCA alone (fwd + bwd)", steppers[1].model, inputs)
+    steppers += [prior, pae]
+    flops = [s.forward_flops() for s in steppers[:-1]] + [0]
     for _ in range(args.warmup):
         for s in steppers:
             s.step(record=False)
@@ -122,7 +147,8 @@ def main():
     frozen, trainable = steppers[1].median / base.median, steppers[2].median / base.median
     prior_share = prior.median / base.median
     print(f"prior_share_of_clip_step: {prior_share:.3f}")
-    print(f"pae_blocks_share_of_clip_step: {frozen - 1 - prior_share:.3f}")
+    print(f"pir_minus_clip_minus_prior_share_of_clip_step: {frozen - 1 - prior_share:.3f}")
+    print(f"pae_blocks_share_of_clip_step: {pae.median / base.median:.3f}")
     print(f"pir_trainable_over_clip_step_ratio: {trainable:.3f}")
     print(f"pir_forward_flops_ratio: {flops[1] / flops[0]:.3f}")
     print(f"pir_frozen_over_clip_step_ratio: {frozen:.3f}")
