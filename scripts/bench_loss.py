@@ -3,7 +3,7 @@
     python scripts/bench_loss.py [--batch 512] [--width 512] [--with-step | --no-with-step]
 
 Prints a table of median times; the last line is ``aff_loss_speedup_vs_naive: X``. With ``--with-step``
-(default: on when ``pir_clip.factory.create_model`` exists) it also times one PIR training step (forward,
+(the default) it also times one PIR training step (forward,
 PIRLoss, backward, AdamW step) and reports the loss's share of it.
 """
 import argparse
@@ -12,7 +12,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List
 
 import torch
 import torch.nn.functional as F
@@ -60,15 +60,6 @@ def forward_backward(loss_fn: Callable, image, text, ids, scale) -> Callable[[],
         inputs = [t.detach().clone().requires_grad_(True) for t in (image, text, scale)]
         loss_fn(inputs[0], inputs[1], ids, inputs[2]).backward()
     return run
-
-
-def factory_unavailable_reason() -> Optional[str]:
-    """None when ``pir_clip.factory.create_model`` imports, else why not (shown to the user)."""
-    try:
-        from pir_clip.factory import create_model  # noqa: F401
-    except ImportError as error:
-        return f"pir_clip.factory.create_model is not available ({error})"
-    return None
 
 
 def time_training_step(model_name: str, batch: int, reps: int, loss_reps: int) -> None:
@@ -121,8 +112,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--reps", type=int, default=30, help="repetitions of the vectorised loss")
     parser.add_argument("--naive-reps", type=int, default=3, help="repetitions of the naive loop (~1 s each)")
-    parser.add_argument("--with-step", action=argparse.BooleanOptionalAction, default=None,
-                        help="also time a PIR training step (default: on if pir_clip.factory exists)")
+    parser.add_argument("--with-step", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time a PIR training step and report the loss's share of it (default on)")
     parser.add_argument("--step-model", default="PIR")
     parser.add_argument("--step-batch", type=int, default=8,
                         help="batch of the training step (CPU memory grows with it); the loss is timed at "
@@ -150,12 +141,8 @@ def main() -> None:
     print(f"{'naive per-sample loop (tests/_reference)':<40} {naive_s * 1e3:>12.3f} {args.naive_reps:>6}")
     print(f"{'contrastive loss, for scale':<40} {contrastive_s * 1e3:>12.3f} {args.reps:>6}")
 
-    if args.with_step is not False:
-        reason = factory_unavailable_reason()
-        if reason is None:
-            time_training_step(args.step_model, args.step_batch, args.step_reps, args.reps)
-        else:
-            print(f"\ntraining-step timing skipped: {reason}", flush=True)
+    if args.with_step:
+        time_training_step(args.step_model, args.step_batch, args.step_reps, args.reps)
 
     print(f"aff_loss_speedup_vs_naive: {naive_s / vectorised_s:.1f}")
 

@@ -3,11 +3,12 @@
 Shared by ``retrieval.py`` and by validation during training, so both report the same numbers.
 """
 import logging
-from contextlib import nullcontext
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from open_clip import get_input_dtype
+from open_clip_train.precision import get_autocast
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -37,24 +38,12 @@ class ImageFiles(Dataset):
             raise DataFormatError(f"cannot read image {path}: {exc}") from exc
 
 
-def autocast_for(precision: str, device: torch.device):
-    if precision in ("amp", "amp_bf16", "amp_bfloat16"):
-        dtype = torch.float16 if precision == "amp" else torch.bfloat16
-        return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-    return nullcontext
-
-
-def input_dtype_for(precision: str) -> Optional[torch.dtype]:
-    return {"bf16": torch.bfloat16, "pure_bf16": torch.bfloat16,
-            "fp16": torch.float16, "pure_fp16": torch.float16}.get(precision)
-
-
 @torch.no_grad()
 def encode_images(model: nn.Module, paths: Sequence[str], preprocess: Callable, *, batch_size: int = 64,
                   workers: int = 0, device="cpu", precision: str = "fp32", progress: bool = True) -> torch.Tensor:
     """Image files -> L2-normalised embeddings (N, D), float32 on the CPU."""
     device = torch.device(device)
-    autocast, dtype = autocast_for(precision, device), input_dtype_for(precision)
+    autocast, dtype = get_autocast(precision, device_type=device.type), get_input_dtype(precision)
     loader = DataLoader(ImageFiles(paths, preprocess), batch_size=batch_size, num_workers=workers)
     out = []
     for images in tqdm(loader, desc="encoding images", unit="batch", disable=not progress):
@@ -70,7 +59,7 @@ def encode_texts(model: nn.Module, captions: Sequence[str], tokenizer: Callable,
     """Captions -> L2-normalised embeddings (M, D), float32 on the CPU. Duplicate captions (common in
     RSICD) are encoded once."""
     device = torch.device(device)
-    autocast = autocast_for(precision, device)
+    autocast = get_autocast(precision, device_type=device.type)
     unique: Dict[str, int] = {}
     for caption in captions:
         unique.setdefault(caption, len(unique))
