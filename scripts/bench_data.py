@@ -3,7 +3,7 @@
 
     python scripts/bench_data.py [--batch-size 64] [--workers 2] [--image-sizes 64 224] [--steps 10]
 
-1. Writes a synthetic RS data set (pir_clip.synthetic; 256-pixel PNG/JPEG/TIFF images, like RSITMD's) as
+1. Writes a synthetic RS data set (pir_clip.data.synthetic; 256-pixel PNG/JPEG/TIFF images, like RSITMD's) as
    WebDataset shards in a temporary folder.
 2. Times ``training.data.get_data`` over those shards (tar reading, image decoding, the PIR-tiny train
    transform with random resized crops, tokenising, batching) with ``--workers`` DataLoader workers.
@@ -26,7 +26,7 @@ import open_clip
 import torch
 
 import pir_clip
-from pir_clip.synthetic import generate
+from pir_clip.data.synthetic import generate
 from training.data import get_data
 
 MODEL = "PIR-tiny"

@@ -14,7 +14,7 @@ import time
 import torch
 
 import pir_clip
-from pir_clip.loss import PIRLoss
+from pir_clip.losses import PIRLoss
 
 from bench_step import batch
 

@@ -17,7 +17,7 @@ from typing import Callable, List
 import torch
 import torch.nn.functional as F
 
-from pir_clip.loss import PIRLoss, affiliation_loss
+from pir_clip.losses import PIRLoss, affiliation_loss
 
 REFERENCE_PATH = Path(__file__).resolve().parents[1] / "tests" / "_reference.py"
 CLIP_SCALE = 1 / 0.07
@@ -65,7 +65,7 @@ def forward_backward(loss_fn: Callable, image, text, ids, scale) -> Callable[[],
 def time_training_step(model_name: str, batch: int, reps: int, loss_reps: int) -> None:
     """Print the median PIR training-step time at ``batch`` and the loss's share of it."""
     import open_clip
-    from pir_clip.factory import create_model
+    from pir_clip.models.factory import create_model
 
     model = create_model(model_name, device="cpu")
     model.output_dict = True

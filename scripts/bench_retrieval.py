@@ -41,7 +41,7 @@ def _random_unit_rows(n: int, dim: int, seed: int):
 
 def run_case(name: str, chunk_size: Optional[int]) -> dict:
     import torch
-    from pir_clip.metrics import DEFAULT_CHUNK_SIZE, retrieval_metrics
+    from pir_clip.evaluation.metrics import DEFAULT_CHUNK_SIZE, retrieval_metrics
     chunk_size = chunk_size or DEFAULT_CHUNK_SIZE
     case = CASES[name]
     images = _random_unit_rows(case["images"], case["dim"], seed=0)
@@ -64,7 +64,7 @@ def run_case(name: str, chunk_size: Optional[int]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", choices=sorted(CASES), help="run one case in this process and print JSON")
-    parser.add_argument("--chunk-size", type=int, default=None, help="default: pir_clip.metrics.DEFAULT_CHUNK_SIZE")
+    parser.add_argument("--chunk-size", type=int, default=None, help="default: pir_clip.evaluation.metrics.DEFAULT_CHUNK_SIZE")
     parser.add_argument("--skip-large", action="store_true", help="only the RSICD-size case")
     args = parser.parse_args()
     if args.case:

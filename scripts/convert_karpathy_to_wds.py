@@ -26,7 +26,7 @@ import sys
 import tarfile
 from typing import List, Optional, Sequence
 
-from pir_clip.annotations import CaptionRecord, DataFormatError, load_caption_records
+from pir_clip.data.annotations import CaptionRecord, DataFormatError, load_caption_records
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

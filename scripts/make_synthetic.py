@@ -5,16 +5,16 @@
     python scripts/make_synthetic.py --out data/syn-small --images-per-class 20 --image-format mixed \\
         --classes airport,parkinglot,storagetanks --difficulty hard --noise 0.8
 
-The output layout is described in ``pir_clip.synthetic``; ``--list-classes`` prints the scene classes.
+The output layout is described in ``pir_clip.data.synthetic``; ``--list-classes`` prints the scene classes.
 """
 import argparse
 import dataclasses
 import sys
 from typing import List, Optional
 
-from pir_clip.synthetic import (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGES_PER_CLASS, DEFAULT_SHARD_SIZE, IMAGE_FORMATS,
+from pir_clip.data.synthetic import (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGES_PER_CLASS, DEFAULT_SHARD_SIZE, IMAGE_FORMATS,
                                 SPLITS, generate)
-from pir_clip.synthetic_scenes import DIFFICULTY_PRESETS, SCENES
+from pir_clip.data.synthetic_scenes import DIFFICULTY_PRESETS, SCENES
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,11 +18,11 @@ from torch import nn
 from tqdm import tqdm
 
 import pir_clip
-from pir_clip.annotations import load_retrieval_set
-from pir_clip.config import PIRCfg
-from pir_clip.evaluate import ImageFiles
-from pir_clip.labels import class_name_from_image_name
-from pir_clip.prior import build_prior
+from pir_clip.data.annotations import load_retrieval_set
+from pir_clip.models.config import PIRCfg
+from pir_clip.evaluation.encode import ImageFiles
+from pir_clip.data.labels import class_name_from_image_name
+from pir_clip.models.prior import build_prior
 
 
 def parse_args(argv=None):

@@ -15,8 +15,8 @@ SYNTHETIC_CLASSES = ("airport", "forest", "parkinglot", "river")
 
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory):
-    """4 classes x 6 images of 64 px in mixed png/jpg/tif, every output format (see pir_clip.synthetic)."""
-    from pir_clip.synthetic import generate
+    """4 classes x 6 images of 64 px in mixed png/jpg/tif, every output format (see pir_clip.data.synthetic)."""
+    from pir_clip.data.synthetic import generate
     out = tmp_path_factory.mktemp("synthetic")
     generate(out, seed=0, images_per_class=6, image_size=64, classes=SYNTHETIC_CLASSES, image_format="mixed",
              val_fraction=0.2, test_fraction=0.35, shard_size=40, overwrite=True)

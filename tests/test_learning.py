@@ -6,9 +6,9 @@ import sys
 import pytest
 
 import pir_clip
-from pir_clip.annotations import load_retrieval_set
-from pir_clip.evaluate import evaluate_retrieval
-from pir_clip.metrics import MEAN_RECALL_NAME, chance_recall
+from pir_clip.data.annotations import load_retrieval_set
+from pir_clip.evaluation.encode import evaluate_retrieval
+from pir_clip.evaluation.metrics import MEAN_RECALL_NAME, chance_recall
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ("airport", "beach", "forest", "parkinglot", "river", "storagetanks")
@@ -16,7 +16,7 @@ CLASSES = ("airport", "beach", "forest", "parkinglot", "river", "storagetanks")
 
 @pytest.fixture(scope="module")
 def learning_data(tmp_path_factory):
-    from pir_clip.synthetic import generate
+    from pir_clip.data.synthetic import generate
     out = tmp_path_factory.mktemp("learning")
     generate(out, seed=1, images_per_class=16, image_size=64, classes=CLASSES, image_format="png",
              val_fraction=0.125, test_fraction=0.25, overwrite=True)

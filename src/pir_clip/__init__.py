@@ -2,34 +2,23 @@
 
 Importing this package registers the project's model configs (``configs/*.json``) with open_clip, so
 ``open_clip.list_models()`` lists ``PIR`` and ``open_clip.get_tokenizer('PIR')`` works offline.
+
+Sub-packages, each depending only on those before it: ``data`` (decode, annotations, labels, synthetic
+data) -> ``models`` (embed) -> ``losses`` (train) / ``evaluation`` and ``search`` (use) -> ``cli``.
 """
-from pathlib import Path
+from .models.registry import MODEL_CONFIG_DIR, register_model_configs
 
-import open_clip
+register_model_configs()
 
-MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
-
-
-def _register_model_configs() -> None:
-    if not MODEL_CONFIG_DIR.is_dir():
-        raise RuntimeError(
-            f"pir_clip model configs not found at {MODEL_CONFIG_DIR}; reinstall the package (pip install -e .)")
-    open_clip.add_model_config(MODEL_CONFIG_DIR)
-
-
-_register_model_configs()
-
-from .checkpoint import CheckpointError  # noqa: E402
-from .config import LCACfg, PIRCfg, PriorCfg, VIRCfg  # noqa: E402
-from .factory import (  # noqa: E402
-    create_model, create_model_and_transforms, get_model_config, get_tokenizer, is_pir_model, load_prior,
+from .models import (  # noqa: E402
+    PIR, CheckpointError, LCACfg, PIRCfg, PIRRelease, PriorCfg, VIRCfg, create_model, create_model_and_transforms,
+    get_model_config, get_tokenizer, is_pir_model, load_prior,
 )
-from .model import PIR  # noqa: E402
-from .release import PIRRelease  # noqa: E402
+from .data.images import ImageDecodeError, decode_image  # noqa: E402
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = [
     "MODEL_CONFIG_DIR", "CheckpointError", "LCACfg", "PIRCfg", "PriorCfg", "VIRCfg", "PIR", "PIRRelease",
     "create_model", "create_model_and_transforms", "get_model_config", "get_tokenizer", "is_pir_model",
-    "load_prior",
+    "load_prior", "ImageDecodeError", "decode_image",
 ]

@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from pir_clip.checkpoint import CheckpointError, check_compatible, read_checkpoint, strip_wrapper_prefixes
+from pir_clip.models.checkpoint import CheckpointError, check_compatible, read_checkpoint, strip_wrapper_prefixes
 
 LATEST_NAME = "epoch_latest.pt"
 BEST_NAME = "epoch_best.pt"

@@ -12,7 +12,7 @@ Formats (``--dataset-type``, or ``auto`` by the ``--train-data`` extension):
 * ``synthetic``: constant images and captions for smoke tests; no class ids.
 
 Batches: ``images`` (B, 3, H, W) float from the train transform, ``tokens`` (B, L) long from the tokenizer,
-``class_ids`` (B,) int64 from :func:`pir_clip.labels.resolve_class_id` (explicit label > ``--aff-label-regex``
+``class_ids`` (B,) int64 from :func:`pir_clip.data.labels.resolve_class_id` (explicit label > ``--aff-label-regex``
 > name rule), a hash of the class name and so the same class on every rank, worker and epoch;
 ``UNKNOWN_CLASS`` (-1) where a sample has no class and ``--is_aff_loss`` is off.
 
@@ -43,8 +43,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 from torch.utils.data.distributed import DistributedSampler
 
-from pir_clip.annotations import DataFormatError, load_caption_records
-from pir_clip.labels import resolve_class_id
+from pir_clip.data.annotations import DataFormatError, load_caption_records
+from pir_clip.data.images import decode_image
+from pir_clip.data.labels import resolve_class_id
 
 __all__ = ["get_data", "DataInfo", "DataFormatError", "SKIP_REASONS", "UNKNOWN_CLASS", "SharedEpoch",
            "SkipCounter", "load_rgb", "expand_shards", "read_tar_samples"]
@@ -155,25 +156,12 @@ class DataInfo:
 
 
 def load_rgb(source: Union[bytes, str]) -> Image.Image:
-    """Decode image bytes or a file into an RGB image; raises whatever PIL raises on a bad file.
-
-    Palette images go through RGBA (PIL warns on palette transparency otherwise); 16/32-bit and float
-    single-band images (RS TIFFs) are min-max stretched to 8 bits, since PIL's own conversion clips them.
-    """
-    with Image.open(BytesIO(source) if isinstance(source, bytes) else source) as image:
-        image.load()
-        if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-            pixels = np.asarray(image, dtype=np.float32)
-            low, high = float(pixels.min()), float(pixels.max())
-            scaled = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
-            return Image.fromarray(scaled.astype(np.uint8), "L").convert("RGB")
-        if image.mode == "P":
-            return image.convert("RGBA").convert("RGB")
-        return image.convert("RGB")
+    """Image bytes or a file -> RGB through the shared decoder (:func:`pir_clip.data.images.decode_image`)."""
+    return decode_image(source)
 
 
 class ClassResolver:
-    """Class id of a sample from its explicit label or image name (see :mod:`pir_clip.labels`).
+    """Class id of a sample from its explicit label or image name (see :mod:`pir_clip.data.labels`).
 
     ``required`` (``--is_aff_loss``): returns ``None`` when there is no usable class, so the sample is skipped;
     otherwise such samples get :data:`UNKNOWN_CLASS`.
@@ -273,7 +261,7 @@ class CaptionDataset(Dataset):
 
 
 def _with_training_flags(error: DataFormatError) -> DataFormatError:
-    # pir_clip.annotations names the evaluation tool's flags; say which ones training uses.
+    # pir_clip.data.annotations names the evaluation tool's flags; say which ones training uses.
     return DataFormatError(f"{error} [training flags: --train-data, --train-images-dir, --json-split, "
                            "--csv-img-key, --csv-caption-key, --csv-label-key, --csv-separator, --csv-encoding]")
 

@@ -18,9 +18,9 @@ from open_clip_train.logger import setup_logging
 from open_clip_train.scheduler import const_lr, const_lr_cooldown, cosine_lr
 
 from pir_clip import CheckpointError, create_model_and_transforms, get_tokenizer
-from pir_clip.annotations import DataFormatError, load_retrieval_set
-from pir_clip.loss import PIRLoss
-from pir_clip.metrics import MEAN_RECALL_NAME
+from pir_clip.data.annotations import DataFormatError, load_retrieval_set
+from pir_clip.losses import PIRLoss
+from pir_clip.evaluation.metrics import MEAN_RECALL_NAME
 from training.checkpoints import (
     find_latest, load_training_state, remove_stale_temporaries, save_epoch_checkpoints, training_state,
 )

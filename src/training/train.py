@@ -13,7 +13,7 @@ from open_clip_train.precision import get_autocast
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from pir_clip.evaluate import evaluate_retrieval
+from pir_clip.evaluation.encode import evaluate_retrieval
 
 Batch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 

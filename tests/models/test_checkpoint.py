@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 
 import pir_clip
 from pir_clip import CheckpointError, PIR, PIRRelease, create_model, load_prior
-from pir_clip.checkpoint import checkpoint_format, read_checkpoint
-from pir_clip.factory import release_prior_cfg
+from pir_clip.models.checkpoint import checkpoint_format, read_checkpoint
+from pir_clip.models.factory import release_prior_cfg
 
 from test_model import perturbed, tiny_batch
 
@@ -169,7 +169,7 @@ def test_prior_weights_from_an_open_clip_resnet_checkpoint(tmp_path):
 
 def test_prior_weights_from_a_torchvision_resnet(tmp_path):
     import torchvision
-    from pir_clip.config import PIRCfg, PriorCfg
+    from pir_clip.models.config import PIRCfg, PriorCfg
     cfg = pir_clip.get_model_config("PIR-tiny")
     pir_cfg = PIRCfg.from_dict(cfg.pop("pir_cfg"))
     pir_cfg.prior = PriorCfg(type="timm", timm_model_name="resnet18", image_size=64)

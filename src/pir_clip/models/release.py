@@ -14,7 +14,7 @@ from open_clip.transformer import VisionTransformer
 from torch import nn
 
 from .config import PIRCfg
-from .model import _as_dict
+from .pir import _as_dict
 from .prior import build_prior, freeze
 
 class PIRRelease(CLIP):

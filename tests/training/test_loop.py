@@ -4,7 +4,7 @@ import contextlib
 import torch
 
 from ddp_step_check import build_model, global_batch
-from pir_clip.loss import PIRLoss
+from pir_clip.losses import PIRLoss
 from training.train import forward_backward
 
 

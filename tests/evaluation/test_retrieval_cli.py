@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import pir_clip
-from pir_clip.metrics import MEAN_RECALL_NAME, RECALL_NAMES, retrieval_metrics
-from pir_clip.retrieval import main
+from pir_clip.evaluation.metrics import MEAN_RECALL_NAME, RECALL_NAMES, retrieval_metrics
+from pir_clip.cli import retrieval_main as main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run_cli(args, capsys):

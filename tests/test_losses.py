@@ -9,8 +9,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
-from pir_clip.labels import class_id, resolve_class_id
-from pir_clip.loss import PIRLoss, affiliation_loss
+from pir_clip.data.labels import class_id, resolve_class_id
+from pir_clip.losses import PIRLoss, affiliation_loss
 
 from _reference import naive_affiliation_loss
 

@@ -12,9 +12,9 @@ import time
 import pytest
 import torch
 
-from test_training_data import write_shard
+from test_data import write_shard
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def train_cmd(logs, name, data_args, *extra, epochs=3):

@@ -16,13 +16,13 @@ from PIL import Image
 from torchvision import transforms as T
 
 import pir_clip  # noqa: F401  (registers the PIR-tiny tokenizer config)
-from pir_clip.annotations import DataFormatError
-from pir_clip.labels import class_id, resolve_class_id
-from pir_clip.synthetic import generate
+from pir_clip.data.annotations import DataFormatError
+from pir_clip.data.labels import class_id, resolve_class_id
+from pir_clip.data.synthetic import generate
 import training.data as training_data
 from training.data import SKIP_REASONS, UNKNOWN_CLASS, get_data, load_rgb
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["airport", "pond", "desert"]
 IMAGE_SIZE = 32
 BATCH = 5  # 3 classes x 3 train images x 5 captions = 45 train samples: 9 full batches

@@ -4,7 +4,7 @@ import os
 import pytest
 from PIL import Image
 
-from pir_clip.annotations import (CaptionRecord, DataFormatError, RetrievalSet, detect_format, load_caption_records,
+from pir_clip.data.annotations import (CaptionRecord, DataFormatError, RetrievalSet, detect_format, load_caption_records,
                                   load_retrieval_set, read_caption_csv, read_karpathy_json, read_pirtr_json)
 
 

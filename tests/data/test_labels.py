@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-from pir_clip import labels
-from pir_clip.labels import class_id, class_name_from_image_name, image_stem, resolve_class_id
+from pir_clip.data import labels
+from pir_clip.data.labels import class_id, class_name_from_image_name, image_stem, resolve_class_id
 
 NWPU_REGEX = r"^(.*)_\d+$"
 

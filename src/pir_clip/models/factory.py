@@ -4,7 +4,7 @@
 builds PIR with the CLIP checkpoint in its CLIP part and the RN50 weights in its prior;
 ``create_model_and_transforms('ViT-B-32', pretrained=...)`` builds a plain open_clip model the same way.
 A checkpoint is recognised by its keys: the authors' release format builds the release-compatible model
-(:class:`~pir_clip.release.PIRRelease`), a PIR checkpoint loads strictly, a CLIP checkpoint fills the
+(:class:`~pir_clip.models.release.PIRRelease`), a PIR checkpoint loads strictly, a CLIP checkpoint fills the
 CLIP part and the PIR modules start fresh (logged).
 """
 import copy
@@ -26,7 +26,7 @@ from .checkpoint import (
     load_state_dict, log_fresh, resize_to_model,
 )
 from .config import PIRCfg, PriorCfg
-from .model import PIR
+from .pir import PIR
 from .prior import prior_state_dict_from
 from .release import PIRRelease
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Tuple, Union
 
-import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from .annotations import DataFormatError, RetrievalSet
+from ..data.annotations import DataFormatError, RetrievalSet
+from ..data.images import ImageDecodeError, decode_image
 from .metrics import DEFAULT_CHUNK_SIZE, EmbeddingLike, topk
 
 CORRECT = (0, 150, 0)
@@ -146,23 +146,11 @@ def _wrap(font, text: str, width: float, max_lines: int) -> List[str]:
     return lines
 
 
-def _as_8bit(image: Image.Image) -> Image.Image:
-    # 16-bit and float TIFFs (common for RS) do not convert to RGB meaningfully; stretch them to 0..255.
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        low, high = float(values.min()), float(values.max())
-        scaled = (values - low) / (high - low) * 255.0 if high > low else np.zeros_like(values)
-        return Image.fromarray(np.round(scaled).astype(np.uint8))  # 2-D uint8 -> mode "L"
-    return image
-
-
-def _thumbnail(path: str, size: int) -> Image.Image:
+def _thumbnail(path: str, size: int, bands=None) -> Image.Image:
     try:
-        with Image.open(path) as image:
-            image.load()
-            rgb = _as_8bit(image).convert("RGB")
-    except (OSError, ValueError) as e:
-        raise DataFormatError(f"cannot read image {path} for the retrieval figure ({e}); check the file") from e
+        rgb = decode_image(path, bands)
+    except ImageDecodeError as e:
+        raise DataFormatError(f"{e} (for the retrieval figure); check the file") from e
     return ImageOps.fit(rgb, (size, size))
 
 
@@ -197,7 +185,7 @@ def sample_queries(retrieval_set: RetrievalSet, n_queries: int, seed: int) -> Tu
 def save_retrieval_figure(out_png: Union[str, os.PathLike], retrieval_set: RetrievalSet,
                           image_embeddings: EmbeddingLike, text_embeddings: EmbeddingLike, n_queries: int = 3,
                           k: int = 5, seed: int = 0, thumb_size: int = 112,
-                          chunk_size: int = DEFAULT_CHUNK_SIZE) -> Path:
+                          chunk_size: int = DEFAULT_CHUNK_SIZE, bands=None) -> Path:
     """Draw top-k retrievals for ``n_queries`` sampled captions and images; returns the PNG's path.
 
     image_embeddings: ``(N_images, D)``; text_embeddings: ``(N_texts, D)``, both in ``retrieval_set``'s
@@ -218,7 +206,7 @@ def save_retrieval_figure(out_png: Union[str, os.PathLike], retrieval_set: Retri
 
     def thumb_of(image_index: int) -> Image.Image:
         if image_index not in thumbs:
-            thumbs[image_index] = _thumbnail(retrieval_set.image_paths[image_index], layout.thumb)
+            thumbs[image_index] = _thumbnail(retrieval_set.image_paths[image_index], layout.thumb, bands)
         return thumbs[image_index]
 
     def framed(image_index: int, box: Box, colour: Tuple[int, int, int]) -> None:

@@ -3,8 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pir_clip.annotations import RetrievalSet
-from pir_clip.visualize import (CORRECT, QUERY, WRONG, _thumbnail, retrieval_figure_layout, sample_queries,
+from pir_clip.data.annotations import RetrievalSet
+from pir_clip.evaluation.visualize import (CORRECT, QUERY, WRONG, _thumbnail, retrieval_figure_layout, sample_queries,
                                 save_retrieval_figure)
 
 NUM_IMAGES = 6

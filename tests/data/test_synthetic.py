@@ -13,11 +13,11 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from pir_clip.synthetic import SPLITS, encode_image, generate, make_image, split_sizes
-from pir_clip.synthetic_scenes import (BRIDGE_COLOURS, CAR_COLOURS, MAX_JITTER, NUMBER_WORDS, PALETTE,
+from pir_clip.data.synthetic import SPLITS, encode_image, generate, make_image, split_sizes
+from pir_clip.data.synthetic_scenes import (BRIDGE_COLOURS, CAR_COLOURS, MAX_JITTER, NUMBER_WORDS, PALETTE,
                                        PLANE_COLOURS, ROOF_COLOURS, SCENES, TANK_COLOURS, Difficulty)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PER_CLASS, VAL, TEST = 6, 0.2, 0.3  # 6 images -> 3 train, 1 val, 2 test per class
 # Pixel checks hold at moderate difficulty whatever the tuned default is; at high noise colours blur.
 PIXEL_DIFFICULTY = Difficulty(noise=0.3, clutter=0.3, colour_jitter=0.3, overlap=0.3)

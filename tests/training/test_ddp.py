@@ -7,13 +7,13 @@ import sys
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
 
 
 def env():
     # One thread per worker: two OpenMP pools spinning on two cores would slow everything down 10x.
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([ROOT + "/src", ROOT + "/tests"])}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([ROOT + "/src", ROOT + "/tests/training"])}
 
 
 def torchrun(args, timeout=300):
@@ -22,9 +22,9 @@ def torchrun(args, timeout=300):
 
 
 def test_two_process_step_equals_one_process_on_the_whole_batch(tmp_path):
-    proc = torchrun(["tests/ddp_step_check.py", str(tmp_path)])
+    proc = torchrun(["tests/training/ddp_step_check.py", str(tmp_path)])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = subprocess.run([sys.executable, "tests/ddp_step_check.py", str(tmp_path)], cwd=ROOT, env=env(),
+    proc = subprocess.run([sys.executable, "tests/training/ddp_step_check.py", str(tmp_path)], cwd=ROOT, env=env(),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)

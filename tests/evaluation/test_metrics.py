@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pir_clip.metrics import (MEAN_RECALL_NAME, RECALL_NAMES, chance_recall, quantize_embeddings, retrieval_metrics,
+from pir_clip.evaluation.metrics import (MEAN_RECALL_NAME, RECALL_NAMES, chance_recall, quantize_embeddings, retrieval_metrics,
                               retrieval_ranks, similarity_matrix, topk)
 
 CAPTIONS_PER_IMAGE = 5

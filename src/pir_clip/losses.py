@@ -46,7 +46,7 @@ def affiliation_loss(
     Args:
         image_features: (B, d) L2-normalised image features, one row per sample (any d).
         text_features: (B, d) L2-normalised text features of the same samples.
-        class_ids: (B,) integer class ids (e.g. :func:`pir_clip.labels.class_id`); only equality matters.
+        class_ids: (B,) integer class ids (e.g. :func:`pir_clip.data.labels.class_id`); only equality matters.
         logit_scale: scalar (already exponentiated, as CLIP models return it).
         centre_image_features: (N, d) the batch the class centres are taken from; default: the rows. With
             open_clip's ``local_loss`` the rows are one rank's samples and the centres the global batch.
@@ -191,7 +191,7 @@ class PIRLoss(ClipLoss):
         if self.use_affiliation and class_ids is None:
             raise ValueError(
                 "PIRLoss with use_affiliation=True needs class_ids (B,) for the affiliation loss; pass the "
-                "batch's class ids (see pir_clip.labels.resolve_class_id) or construct it with "
+                "batch's class ids (see pir_clip.data.labels.resolve_class_id) or construct it with "
                 "use_affiliation=False")
         all_image, all_text = self._gather(image_features, text_features)
         if self.world_size > 1 and self.local_loss:

@@ -1,6 +1,6 @@
 """A small synthetic remote-sensing image-text retrieval benchmark, written in every format the project reads.
 
-Scenes, attributes and caption templates live in :mod:`pir_clip.synthetic_scenes`; this module seeds,
+Scenes, attributes and caption templates live in :mod:`pir_clip.data.synthetic_scenes`; this module seeds,
 renders, splits and writes them. Output layout under ``out_dir``::
 
     images/{class}_{index}.{png|jpg|tif}    index from 1; class names have no "_" (class id = prefix)

@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 
 import pir_clip
-from pir_clip.labels import resolve_class_id
-from pir_clip.loss import PIRLoss
+from pir_clip.data.labels import resolve_class_id
+from pir_clip.losses import PIRLoss
 from training.train import forward_backward, optimizer_step
 
 GLOBAL_BATCH = 8

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 import pir_clip
 from pir_clip import PIR, create_model
-from pir_clip.config import PIRCfg, PriorCfg
-from pir_clip.lca import padding_mask
-from pir_clip.vir import belief_scores, keep_top_tokens
+from pir_clip.models.config import PIRCfg, PriorCfg
+from pir_clip.models.lca import padding_mask
+from pir_clip.models.vir import belief_scores, keep_top_tokens
 
 TINY = ["PIR-tiny", "PIR-release-tiny"]
 PIR_CONFIGS = ["PIR", "PIR-tiny", "PIR-release", "PIR-release-tiny"]
@@ -254,7 +254,7 @@ def test_timm_prior():
 @pytest.mark.parametrize("broadcast_query", [True, False])
 def test_one_output_position_equals_the_full_layer(broadcast_query):
     """The last VIR/LCA layer computes only the token it returns; that must not change its value."""
-    from pir_clip.pae import ProgressiveAttentionLayer
+    from pir_clip.models.pae import ProgressiveAttentionLayer
     torch.manual_seed(0)
     layer = ProgressiveAttentionLayer(32, 4, mlp_ratio=2.0, dropout=0.1).eval()
     x = torch.randn(3, 7, 32)
@@ -277,7 +277,7 @@ def test_pae_settings_are_validated():
 
 @pytest.mark.parametrize("masked", [False, True])
 def test_single_query_attention_equals_multihead_attention(masked):
-    from pir_clip.pae import single_query_attention
+    from pir_clip.models.pae import single_query_attention
     torch.manual_seed(0)
     attn = torch.nn.MultiheadAttention(48, 6, batch_first=True).eval()
     with torch.no_grad():

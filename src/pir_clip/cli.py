@@ -1,0 +1,118 @@
+"""``pir-clip``: one command with a subcommand per tool (also ``python -m pir_clip``).
+
+Argument parsing only: each subcommand's ``run`` lives in the library (``evaluation``, ``search``) and is
+imported when the subcommand runs, so ``pir-clip --help`` answers without loading torch models.
+Bad input (a missing file, a malformed annotation or checkpoint, a wrong flag value) ends with one
+``error: ...`` line on stderr and exit status 2, never a traceback.
+"""
+import argparse
+import logging
+import sys
+from typing import Callable, Dict, List, Optional, Tuple
+
+PRECISIONS = ("fp32", "amp", "amp_bf16", "bf16", "fp16", "pure_bf16", "pure_fp16")
+
+# A subcommand: a function that adds its arguments to a parser and returns the function that runs it.
+AddArguments = Callable[[argparse.ArgumentParser], Callable[[argparse.Namespace], object]]
+COMMANDS: Dict[str, Tuple[str, AddArguments]] = {}  # name -> (one-line help, AddArguments)
+
+
+def command(name: str, help: str):
+    """Registers the decorated :data:`AddArguments` function as subcommand ``name``."""
+    def register(add_arguments: AddArguments) -> AddArguments:
+        COMMANDS[name] = (help, add_arguments)
+        return add_arguments
+    return register
+
+
+def add_model_arguments(p: argparse.ArgumentParser, checkpoint_aliases: Tuple[str, ...] = ()) -> None:
+    """--model-name, --checkpoint, --prior-pretrained: any model pir_clip.create_model builds."""
+    g = p.add_argument_group("model")
+    g.add_argument("--model-name", default="PIR", help="PIR config or any open_clip model name (default PIR).")
+    g.add_argument("--checkpoint", *checkpoint_aliases, dest="checkpoint", default=None,
+                   help="Checkpoint file (bare, training format, DDP/compile prefixes, safetensors, or the authors' "
+                        "release) or an open_clip pretrained tag. Without it the model is random: smoke tests only.")
+    g.add_argument("--prior-pretrained", default=None, help="Separate weights for a PIR model's prior encoder.")
+
+
+def add_runtime_arguments(p: argparse.ArgumentParser, batch_size: int = 64) -> None:
+    """--batch-size, --workers, --device, --precision, --bands, --quiet."""
+    g = p.add_argument_group("runtime")
+    g.add_argument("--batch-size", type=int, default=batch_size, help=f"Images per batch (default {batch_size}).")
+    g.add_argument("--workers", type=int, default=2, help="Image-loading worker processes (default 2).")
+    g.add_argument("--device", default=None, help="cuda, cuda:1, cpu... (default: cuda when available).")
+    g.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (default), amp / amp_bf16 (autocast), bf16 / fp16 (cast weights).")
+    g.add_argument("--bands", default=None, metavar="R,G,B",
+                   help="1-based bands of multi-band images to use as RGB, e.g. 4,3,2 (default: the first three).")
+    g.add_argument("--quiet", action="store_true", help="No progress bars.")
+
+
+@command("retrieval", "image-text retrieval metrics (R@1/5/10, mR) of a checkpoint on an annotated set")
+def retrieval_arguments(p: argparse.ArgumentParser):
+    add_model_arguments(p, checkpoint_aliases=("--remoteclip-path",))
+    g = p.add_argument_group("data")
+    g.add_argument("--retrieval-json-dir", "--retrieval-data", dest="data", required=True,
+                   help="Annotation file: Karpathy JSON (dataset_RSITMD.json), PIR-ITR test JSON, or CSV.")
+    g.add_argument("--retrieval-images-dir", dest="images_dir", default=None,
+                   help="Directory of the images the annotation names (default: next to the file).")
+    g.add_argument("--split", default="test", help="Split of a Karpathy JSON (default test).")
+    g.add_argument("--csv-encoding", default="utf-8", help="CSV encoding (RSICD's GeoRSCLIP CSV: gb18030).")
+    g.add_argument("--csv-separator", default=",", help="CSV separator (default ',').")
+    g.add_argument("--csv-img-key", default="filename", help="CSV image column (default filename).")
+    g.add_argument("--csv-caption-key", default="title", help="CSV caption column (default title).")
+    add_runtime_arguments(p)
+    g = p.add_argument_group("output")
+    g.add_argument("--output", default="results.json", help="Metrics JSON to write (default results.json).")
+    g.add_argument("--save-embeddings", default=None, metavar="OUT.pt",
+                   help="Save image/text embeddings, file names, captions and text_to_image for reuse.")
+    g.add_argument("--save-visualization", default=None, metavar="OUT.png",
+                   help="Save a figure of top-5 retrievals for a few sample queries.")
+    g.add_argument("--chunk-size", type=int, default=4096, help="Queries scored per chunk (bounds memory).")
+
+    def run(args):
+        from .evaluation.retrieval import run as run_retrieval
+        return run_retrieval(args)
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    parser = argparse.ArgumentParser(
+        prog="pir-clip", description="PIR-CLIP toolkit for remote-sensing image-text retrieval, classification and "
+                               "search. 'pir-clip COMMAND --help' describes a command.")
+    parser.add_argument("--version", action="version", version=f"pir-clip {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_text, add_arguments) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".")
+        p.set_defaults(run=add_arguments(p))
+    return parser
+
+
+def user_errors() -> Tuple[type, ...]:
+    """Exceptions that mean bad input: printed as one line, exit status 2."""
+    from .data.annotations import DataFormatError
+    from .data.images import ImageDecodeError
+    from .models.checkpoint import CheckpointError
+    return DataFormatError, ImageDecodeError, CheckpointError, ValueError, FileNotFoundError
+
+
+def main(argv: Optional[List[str]] = None, parser: Optional[argparse.ArgumentParser] = None) -> int:
+    args = (parser or build_parser()).parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        args.run(args)
+    except user_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def retrieval_main(argv: Optional[List[str]] = None) -> int:
+    """``python retrieval.py ...``: the authors' command line, the same as ``pir-clip retrieval ...``."""
+    parser = argparse.ArgumentParser(prog="python retrieval.py", description=COMMANDS["retrieval"][0] + ".")
+    parser.set_defaults(run=retrieval_arguments(parser))
+    return main(argv, parser)
