@@ -161,7 +161,8 @@ def read_chip(dataset, window: Window, bands: Optional[Sequence[int]] = None) ->
             return None
         pixels = np.moveaxis(dataset.read(indexes, window=rio_window), 0, -1)
     except Exception as exc:  # GDAL raises RasterioIOError (and CPLE_* errors) on damaged blocks
-        raise SceneError(f"cannot read window {tuple(window)} of scene {dataset.name}: {exc}") from exc
+        cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+        raise SceneError(f"cannot read window {tuple(window)} of scene {dataset.name}: {exc}{cause}") from exc
     if pixels.dtype.kind == "f" and not np.isfinite(pixels).any():
         return None
     # The bands were read in ``needed`` order; select them again 1-based within what was read.

@@ -427,7 +427,7 @@ def run(args) -> Optional[Dict]:
             shards = [] if args.rebuild else shards
             if ranks.rank == 0:
                 removed = remove_temporary(shard_dir)
-                if removed and progress:
+                if removed:
                     print(f"Removed {removed} half-written shard(s) of an interrupted run.", flush=True)
             plan = plan_work(listing.files, _file_progress(shards), args.chip_size, args.stride, progress)
             plan.ignored = listing.ignored
@@ -464,6 +464,7 @@ def _finish(out: str, shard_dir: str, plan: WorkPlan, settings: Dict, args, rank
     if not plan.pending and not args.rebuild:
         try:
             previous = layout.read_manifest(out)
+            layout.require_files(out, layout.EMBEDDINGS, layout.METADATA, layout.SKIPPED, layout.FAISS_INDEX)
         except layout.IndexFormatError:
             previous = None
     if previous is not None and previous["inputs"]["digest"] == plan.files_digest() \
@@ -505,27 +506,31 @@ def _unreadable_text(unreadable: Sequence[Tuple[str, str]]) -> str:
     return f"; {len(unreadable)} file(s) could not be read, e.g. {unreadable[0][1]}"
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 def print_summary(out: str, manifest: Dict, plan: WorkPlan, merged: pa.Table) -> None:
     counts, run = manifest["counts"], manifest["last_run"]
-    parts = [f"{counts['images']:,} images"] if counts["images"] else []
+    parts = [_plural(counts["images"], "image")] if counts["images"] else []
     if counts["shard_samples"]:
-        parts.append(f"{counts['shard_samples']:,} shard samples from {counts['shards']:,} shards")
+        parts.append(f"{_plural(counts['shard_samples'], 'shard sample')} from {_plural(counts['shards'], 'shard')}")
     if counts["chips"]:
-        parts.append(f"{counts['chips']:,} chips from {counts['scenes']:,} scenes")
+        parts.append(f"{_plural(counts['chips'], 'chip')} from {_plural(counts['scenes'], 'scene')}")
     lines = [f"Index {out}: {counts['items']:,} items ({', '.join(parts)})"]
     rate = f" ({run['embedded'] / run['seconds']:.1f} items/s)" if run["embedded"] and run["seconds"] else ""
     ranks_text = f" on {run['world_size']} ranks" if run["world_size"] > 1 else ""
     lines.append(f"  this run: embedded {run['embedded']:,} new items{ranks_text}, reused {run['reused']:,} from "
                  f"earlier runs; {run['seconds']:.1f} s{rate}")
     if counts["nodata_chips"]:
-        lines.append(f"  skipped {counts['nodata_chips']:,} nodata chips")
+        lines.append(f"  skipped {_plural(counts['nodata_chips'], 'nodata chip')}")
     if counts["errors"]:
-        lines.append(f"  skipped {counts['errors']:,} images that did not decode:")
+        lines.append(f"  skipped {_plural(counts['errors'], 'image')} that did not decode:")
         lines += [f"    {e['source']}: {e['error']}" for e in manifest["errors"][:SHOW_ERRORS]]
         if counts["errors"] > SHOW_ERRORS:
             lines.append(f"    ... all of them in {os.path.join(out, layout.SKIPPED)}")
     if plan.unreadable:
-        lines.append(f"  skipped {len(plan.unreadable):,} files that could not be read:")
+        lines.append(f"  skipped {_plural(len(plan.unreadable), 'file')} that could not be read:")
         lines += [f"    {error}" for _, error in plan.unreadable[:SHOW_ERRORS]]
     lines += [f"  warning: {w}" for w in plan.warnings[:SHOW_ERRORS]]
     index = manifest["index"]
