@@ -126,6 +126,14 @@ def test_a_checkpoint_changed_after_indexing_is_refused(archive, tiny_checkpoint
     shutil.copy(tiny_checkpoint, checkpoint)
     out = tmp_path / "index"
     assert cli(["index"] + index_args([archive], out, checkpoint), capsys)[0] == 0
+    # Moved: a clear message, and the new location (same weights) is accepted.
+    moved = tmp_path / "moved.pt"
+    shutil.move(checkpoint, moved)
+    code, _, stderr = cli(["search", out, "--text", "a river"], capsys)
+    assert code == 2 and f"are gone from {checkpoint}" in stderr and "--checkpoint" in stderr
+    code, stdout, _ = cli(["search", out, "--text", "a river", "--checkpoint", moved], capsys)
+    assert code == 0 and "6 hits of 6 items" in stdout
+    shutil.move(moved, checkpoint)
     import torch
     state = torch.load(checkpoint, weights_only=True)
     torch.save({k: v * 1.01 if v.is_floating_point() else v for k, v in state.items()}, checkpoint)

@@ -24,6 +24,7 @@ def test_collect_files_walks_folders_and_sorts(synthetic_data, tmp_path):
     shutil.copy(synthetic_data / "images" / images[0], root / "index" / images[0])  # the index's own folder
     shutil.copy(synthetic_data / "shards" / "rs5m" / "test-000000.tar", root / "a" / "test-000000.tar")
     (root / "notes.txt").write_text("not an image")
+    os.symlink(root, root / "a" / "loop")  # a symbolic link back up: followed once, never round in a loop
     listing = collect_files([str(root)], exclude=[str(root / "index")])
     paths = [f.path for f in listing.files]
     assert paths == sorted(paths) and len(paths) == 7 and listing.ignored == 1

@@ -61,7 +61,7 @@ def recall_at_10(found, exact):
 
 
 # Parameters that build in seconds on 2 cores; the defaults at 1M x 512 are measured by scripts/bench_search.py.
-@pytest.mark.parametrize("index_type,options", [("ivf-pq", dict(pq_m=16)), ("hnsw", dict(hnsw_m=16))])
+@pytest.mark.parametrize("index_type,options", [("ivf-pq", dict(pq_m=32)), ("hnsw", dict(hnsw_m=16, ef_construction=40))])
 def test_approximate_recall_at_10_against_exact(clustered_100k, index_type, options):
     vectors, queries, (exact_scores, exact_ids) = clustered_100k
     spec = index_spec(index_type, len(vectors), 64, **options)

@@ -419,16 +419,16 @@ def run(args) -> Optional[Dict]:
             loaded = load_model(model_spec, device=device, precision=args.precision)
             settings = index_settings(model_spec, loaded.preprocess_cfg, bands, args.chip_size, args.stride, args.dtype)
             shards = _check_existing(out, shard_dir, settings, args.rebuild)
-            if args.rebuild and ranks.rank == 0:
-                _remove_outputs(out, shard_dir)
-            if ranks.distributed:
-                import torch.distributed as dist
-                dist.barrier()  # nobody reads the shards while rank 0 may be removing them
-            shards = [] if args.rebuild else shards
             if ranks.rank == 0:
+                if args.rebuild:
+                    _remove_outputs(out, shard_dir)
                 removed = remove_temporary(shard_dir)
                 if removed:
                     print(f"Removed {removed} half-written shard(s) of an interrupted run.", flush=True)
+            if ranks.distributed:
+                import torch.distributed as dist
+                dist.barrier()  # no rank plans or writes while rank 0 removes old files
+            shards = [] if args.rebuild else shards
             plan = plan_work(listing.files, _file_progress(shards), args.chip_size, args.stride, progress)
             plan.ignored = listing.ignored
             ranks.check_same(plan.digest(), "inputs")

@@ -31,6 +31,10 @@ class ItemImages(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def __del__(self):
+        if self._scenes is not None:
+            self._scenes.close()
+
     def __getitem__(self, index: int):
         item = self.items[index]
         if self._scenes is None:

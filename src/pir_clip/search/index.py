@@ -185,6 +185,12 @@ class SearchIndex:
             if self._model is None:
                 spec = self.model_spec
                 if spec.checkpoint and spec.checkpoint_sha256:
+                    for path in (spec.checkpoint, spec.prior_pretrained):
+                        if path and not os.path.isfile(path):
+                            raise layout.IndexFormatError(
+                                f"the model weights of index {self.index_dir} are gone from {path}; pass where they "
+                                "are now (pir-clip search --checkpoint / --prior-pretrained, or "
+                                "SearchIndex.open(checkpoint=...))")
                     now = ModelSpec.from_files(spec.name, spec.checkpoint, spec.prior_pretrained)
                     ModelSpec.from_dict(self.manifest["model"]).require_same(
                         now, f"index {self.index_dir} (its checkpoint file changed since)")

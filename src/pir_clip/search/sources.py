@@ -114,7 +114,13 @@ def _expand(spec: str, flag: str) -> List[str]:
 
 
 def _walk(folder: str, exclude: Sequence[str]) -> Iterable[str]:
+    seen = set()  # real paths of folders visited: symbolic links are followed, but never round in a loop
     for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
                          and os.path.abspath(os.path.join(root, d)) not in exclude)
         for name in sorted(names):
