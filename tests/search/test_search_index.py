@@ -8,7 +8,6 @@ import os
 import threading
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -17,7 +16,7 @@ from pir_clip.cli import main, retrieval_main
 from pir_clip.data.annotations import load_retrieval_set
 from pir_clip.data.geotiff import render_chip
 from pir_clip.data.images import decode_image
-from pir_clip.search import IndexFormatError, ModelMismatchError, ModelSpec, SearchIndex
+from pir_clip.search import ModelMismatchError, ModelSpec, SearchIndex
 from search_helpers import index_args, write_scene
 
 

@@ -119,3 +119,17 @@ def test_killed_first_build_resumes(synthetic_data, tiny_checkpoint, tmp_path, c
     clean = tmp_path / "clean"
     run(index_args([synthetic_data / "images"], clean, tiny_checkpoint), capsys)
     assert_same_index(out, clean, atol=1e-3)
+
+
+def test_a_scene_killed_halfway_resumes_from_its_next_chip(tiny_checkpoint, tmp_path, capsys, embedded_items):
+    from search_helpers import write_scene
+    scene = write_scene(tmp_path / "scene.tif", width=100, height=70)  # 12 chips of 32 px
+    out = tmp_path / "index"
+    args = ["--scenes", scene, "--chip-size", "32", "--shard-size", "4"]
+    proc = run_index_process(index_args([], out, tiny_checkpoint, *args), fault="kill-after-shards:1")
+    assert proc.returncode == -signal.SIGKILL
+    stdout = run(index_args([], out, tiny_checkpoint, *args), capsys)
+    assert embedded_items == [("scene.tif", i) for i in range(4, 12)] and "reused 4" in stdout
+    clean = tmp_path / "clean"
+    run(index_args([], clean, tiny_checkpoint, "--scenes", scene, "--chip-size", "32"), capsys)
+    assert_same_index(out, clean, atol=1e-3)

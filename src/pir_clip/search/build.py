@@ -111,30 +111,25 @@ def _describe_difference(old: Dict, new: Dict) -> str:
 # ------------------------------------------------------------------------------------------- progress
 
 
-def _file_progress(shard_paths: Sequence[str]) -> Dict[Tuple[str, int, int], Tuple[int, set]]:
-    """{(path, size, mtime_ns): (item_count, {item_index done})} from the shards' progress columns."""
+def _file_progress(shard_paths: Sequence[str]) -> Dict[Tuple[str, int, int], Optional[set]]:
+    """{(path, size, mtime_ns): None when all its items are in the shards, else the set of item_index that
+    are (a file an interrupted run left half done)}, from the shards' progress columns."""
     table = read_shards(shard_paths, PROGRESS_COLUMNS)
     if table is None:
         return {}
     grouped = table.group_by(["path", "size", "mtime_ns"]).aggregate(
         [("item_index", "count_distinct"), ("item_count", "max")])
-    progress: Dict[Tuple[str, int, int], Tuple[int, set]] = {}
-    partial = []
+    progress: Dict[Tuple[str, int, int], Optional[set]] = {}
     for row in grouped.to_pylist():
-        fingerprint = (row["path"], row["size"], row["mtime_ns"])
-        progress[fingerprint] = (row["item_count_max"], set())
-        if row["item_index_count_distinct"] < row["item_count_max"]:
-            partial.append(fingerprint)
-    if partial:  # files an interrupted run left half done: which of their items are there
+        complete = row["item_index_count_distinct"] >= row["item_count_max"]
+        progress[(row["path"], row["size"], row["mtime_ns"])] = None if complete else set()
+    partial = [p for p, done in progress.items() if done is not None]
+    if partial:
         wanted = pa.array([p for p, _, _ in partial])
-        rows = table.filter(pc.is_in(table.column("path"), value_set=wanted)).to_pylist()
-        for row in rows:
-            fingerprint = (row["path"], row["size"], row["mtime_ns"])
-            if fingerprint in progress:
-                progress[fingerprint][1].add(row["item_index"])
-    for fingerprint, (count, done) in list(progress.items()):
-        if fingerprint not in partial:
-            progress[fingerprint] = (count, None)  # complete
+        for row in table.filter(pc.is_in(table.column("path"), value_set=wanted)).to_pylist():
+            done = progress.get((row["path"], row["size"], row["mtime_ns"]))
+            if done is not None:
+                done.add(row["item_index"])
     return progress
 
 
@@ -142,7 +137,7 @@ def plan_work(files: Sequence[InputFile], progress: Dict, chip_size: int, stride
               show_progress: bool) -> WorkPlan:
     """The items of new, changed or unfinished files that still need embedding, in canonical order."""
     plan = WorkPlan(files=list(files), pending=[])
-    todo = [f for f in files if progress.get(f.fingerprint, (0, set()))[1] is not None]
+    todo = [f for f in files if progress.get(f.fingerprint, set()) is not None]
     for file in tqdm(todo, desc="listing items", unit="file", disable=not show_progress or len(todo) < 50):
         try:
             items, warning = enumerate_items(file, chip_size, stride)
@@ -151,7 +146,7 @@ def plan_work(files: Sequence[InputFile], progress: Dict, chip_size: int, stride
             continue
         if warning:
             plan.warnings.append(warning)
-        done = progress.get(file.fingerprint, (0, set()))[1] or set()
+        done = progress.get(file.fingerprint) or set()
         plan.pending.extend(item for item in items if item.item_index not in done)
     return plan
 
@@ -487,7 +482,7 @@ def _finish(out: str, shard_dir: str, plan: WorkPlan, settings: Dict, args, rank
     run_stats["seconds"] = round(time.time() - start, 2)
     manifest["last_run"] = run_stats
     layout.write_json_atomic(os.path.join(out, layout.MANIFEST), manifest)
-    print_summary(out, manifest, plan, merged)
+    print_summary(out, manifest, plan)
     return manifest
 
 
@@ -510,7 +505,7 @@ def _plural(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
-def print_summary(out: str, manifest: Dict, plan: WorkPlan, merged: pa.Table) -> None:
+def print_summary(out: str, manifest: Dict, plan: WorkPlan) -> None:
     counts, run = manifest["counts"], manifest["last_run"]
     parts = [_plural(counts["images"], "image")] if counts["images"] else []
     if counts["shard_samples"]:
