@@ -98,7 +98,7 @@ def index_arguments(p: argparse.ArgumentParser):
     g.add_argument("--hnsw-m", type=int, default=None, help="hnsw: graph degree M (default 32).")
     g.add_argument("--ef-construction", type=int, default=None, help="hnsw: build breadth (default 100).")
     g.add_argument("--nprobe", type=int, default=None, help="Default cells visited per ivf-pq query (32).")
-    g.add_argument("--ef-search", type=int, default=None, help="Default hnsw query breadth (128).")
+    g.add_argument("--ef-search", type=int, default=None, help="Default hnsw query breadth (256).")
     g.add_argument("--rerank", type=int, default=None,
                    help="Approximate indexes: score rerank x k candidates exactly (default 10 for ivf-pq).")
     g.add_argument("--dtype", choices=("float16", "float32"), default="float16",

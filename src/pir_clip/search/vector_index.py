@@ -30,7 +30,7 @@ DEFAULT_NPROBE = 32
 DEFAULT_RERANK = 10
 DEFAULT_HNSW_M = 32
 DEFAULT_EF_CONSTRUCTION = 100
-DEFAULT_EF_SEARCH = 128
+DEFAULT_EF_SEARCH = 256
 # Below this many vectors an approximate index is no faster than an exact one (and k-means has too few
 # points to train on), so the exact index is built instead.
 MIN_APPROXIMATE = 1000
@@ -121,6 +121,8 @@ def build_faiss_index(embeddings: np.ndarray, spec: IndexSpec, *, progress: bool
     from tqdm import tqdm
     faiss = _faiss()
     n, dim = embeddings.shape
+    if spec.factory == "Flat":
+        return _build_flat(embeddings)
     if reuse is not None and reuse.is_trained and reuse.d == dim and not _is_hnsw(reuse):
         index = reuse
         index.reset()
@@ -143,6 +145,22 @@ def build_faiss_index(embeddings: np.ndarray, spec: IndexSpec, *, progress: bool
             stop = min(n, start + ADD_CHUNK)
             index.add(_float32_rows(embeddings, start, stop))
             bar.update(stop - start)
+    return index
+
+
+def _build_flat(embeddings: np.ndarray):
+    """The exact index, filled in place: its float32 storage is sized once and written chunk by chunk, so
+    memory peaks at the index itself (adding chunks would grow the storage by doubling, and adding all at
+    once needs a float32 copy of everything)."""
+    faiss = _faiss()
+    n, dim = embeddings.shape
+    index = faiss.IndexFlatIP(dim)
+    index.codes.resize(n * dim * 4)
+    if n:
+        storage = faiss.rev_swig_ptr(index.codes.data(), n * dim * 4).view(np.float32).reshape(n, dim)
+        for start in range(0, n, ADD_CHUNK):
+            storage[start:start + ADD_CHUNK] = embeddings[start:start + ADD_CHUNK]
+    index.ntotal = n
     return index
 
 
