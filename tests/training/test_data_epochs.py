@@ -84,7 +84,8 @@ def all_ranks(monkeypatch, spec, world_size, epoch=0, **overrides):
 
 
 SHARD_SIZES = {
-    "12,3,5": [12, 3, 5],                # the reported hang: a worker's slice smaller than a batch
+    "12,3": [12, 3],                      # the reported hang: a worker's share smaller than a batch
+    "12,3,5,4": [12, 3, 5, 4],
     "ones": [1] * 7,                      # every shard smaller than a batch
     "single": [7],                        # fewer shards than ranks x workers
     "with-empty": [4, 0, 9, 2],           # an empty shard
@@ -153,9 +154,15 @@ def test_ranks_read_disjoint_shards_when_they_suffice(tmp_path, monkeypatch):
     assert n0 == n1 == 4 and len(seen0) == len(seen1) == 20 and not seen0 & seen1
 
 
+def test_the_reported_case_with_real_workers(tmp_path, monkeypatch):
+    # Shards of 12 and 3 samples, batch 4, 2 DataLoader workers: 4 batches promised, 2 were given.
+    spec = make_shards(tmp_path, [12, 3])
+    num_batches, batches = rank_epoch(monkeypatch, make_args(spec, workers=2), simulate_workers=False)
+    assert num_batches == len(batches) == 4
+
+
 @pytest.mark.parametrize("workers", [2, 3])
 def test_dataloader_workers_give_num_batches(tmp_path, monkeypatch, workers):
-    # Real worker processes; 12, 3 and 5 samples, batch 4, two ranks: the reported hang.
     spec = make_shards(tmp_path, [12, 3, 5])
     for rank in (0, 1):
         args = make_args(spec, world_size=2, rank=rank, workers=workers)
@@ -189,15 +196,17 @@ def test_shards_without_usable_samples_end_the_worker(tmp_path, monkeypatch):
 
 
 def test_uneven_shards_under_torchrun(tmp_path):
-    """12, 3 and 5 samples, batch 4, 2 ranks x 2 workers, no resampling: the job used to hang in all-reduce."""
-    spec = make_shards(tmp_path / "shards", [12, 3, 5])
+    """Shards of 12, 3, 5 and 4 samples, batch 4, 2 ranks x 2 workers, no resampling. Before the rebuild this
+    job hung at step 2 of 4: the worker holding the 3-sample shard gave no batch, so its rank fell short and
+    the other waited in all-reduce (and 12, 3 and 5 alone, fewer shards than workers, were refused)."""
+    spec = make_shards(tmp_path / "shards", [12, 3, 5, 4])
     proc = torchrun(["-m", "training.main", "--model", "PIR-tiny", "--is_aff_loss", "--train-data", spec,
                      "--dataset-type", "webdataset", "--batch-size", "4", "--epochs", "2", "--workers", "2",
                      "--precision", "fp32", "--lr", "1e-4", "--warmup", "1", "--logs-dir", str(tmp_path / "logs"),
                      "--name", "uneven", "--log-every-n-steps", "1", "--seed", "0"], timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = re.findall(r"rank (\d+): (\d+) training batches this epoch", proc.stdout + proc.stderr)
-    # ceil(ceil(20 / 8) / 2) = 2 batches per worker, 4 per rank, in each of the 2 epochs, on both ranks.
+    # ceil(ceil(24 / 8) / 2) = 2 batches per worker, 4 per rank, in each of the 2 epochs, on both ranks.
     assert sorted(counts) == [("0", "4"), ("0", "4"), ("1", "4"), ("1", "4")]
     log = (tmp_path / "logs" / "uneven" / "out.log").read_text()
     assert re.findall(r"Train Epoch: (\d) \[\d+/32 \(100%\)\]", log) == ["0", "1"]
