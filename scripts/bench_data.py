@@ -9,7 +9,8 @@
    buffer, the one image decoder, the PIR-tiny train transform with random resized crops, tokenising,
    batching) with ``--workers`` DataLoader workers, without shard resampling.
 3. Times a PIR-tiny training step on this CPU at the same batch size (forward, contrastive loss, backward,
-   AdamW step), with the torch threads the machine gives.
+   AdamW step), with the torch threads the machine gives (or ``--threads``: on a loaded machine two OpenMP
+   threads can run slower than one).
 
 Loader and step are timed in alternating rounds (medians reported), so load from other processes hits both
 alike; each gets the whole machine in its round, while in training they share it.
@@ -47,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batches", type=int, default=10, help="Loader batches per round (default 10).")
     parser.add_argument("--steps", type=int, default=4, help="Training steps per round (default 4).")
     parser.add_argument("--rounds", type=int, default=3, help="Alternating loader / step rounds (default 3).")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of the training step (default: torch's, the machine's cores).")
     parser.add_argument("--data-dir", default=None, help="Reuse or keep the synthetic data here (default: a temp dir).")
     return parser.parse_args(argv)
 
@@ -113,6 +116,8 @@ class PIRTinyStep:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tokenizer = open_clip.get_tokenizer(MODEL)
     step = PIRTinyStep(args.batch_size, tokenizer)
     step.samples_per_second(1)  # warm-up
