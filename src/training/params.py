@@ -12,6 +12,8 @@ from typing import List, Optional
 
 from open_clip_train.params import parse_args as parse_open_clip_args
 
+from pir_clip.data.images import ImageDecodeError, parse_bands
+
 DATASET_TYPES = ("webdataset", "csv", "json", "synthetic", "auto")
 # open_clip picks Adam betas/eps from the model name ("vit" in it); PIR models are ViTs too.
 VIT_OPTIMIZER_DEFAULTS = {"beta1": 0.9, "beta2": 0.98, "eps": 1.0e-6}
@@ -53,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--json-split", default="train", help="Split of a Karpathy JSON to train on (default train).")
     data.add_argument("--csv-label-key", default=None, help="Optional CSV column with an explicit class label.")
     data.add_argument("--csv-encoding", default="utf-8", help="CSV text encoding (RSICD's GeoRSCLIP CSV: gb18030).")
+    data.add_argument("--bands", type=_bands, default=None, metavar="R,G,B",
+                      help="1-based bands of multi-band images to use as RGB, e.g. 4,3,2 (default: the first three).")
 
     val = parser.add_argument_group("RS retrieval validation")
     val.add_argument("--val-data", default=None,
@@ -62,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--val-split", default="val", help="Split of a Karpathy JSON to validate on (default val).")
     val.add_argument("--val-batch-size", type=int, default=None, help="Encoding batch size (default --batch-size).")
     return parser
+
+
+def _bands(spec: str):
+    try:
+        return parse_bands(spec)
+    except ImageDecodeError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
