@@ -1,10 +1,12 @@
 """Data parallelism: a 2-process torchrun step equals one process on the concatenated batch; the CLI runs
 under torchrun on CPU (gloo, no device_ids)."""
+import json
 import os
 import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -67,15 +69,29 @@ def test_sync_batchnorm_on_cpu_makes_two_ranks_one_batch(tmp_path):
                               local_single["grads"]["prior.trunk.conv1.weight"], atol=1e-6)
 
 
-def test_training_cli_under_torchrun(synthetic_data, tmp_path):
+def test_training_cli_under_torchrun_with_sharded_validation(synthetic_data, tmp_path):
+    """Under torchrun every rank encodes half the validation set; the metrics the master logs equal a
+    single-process retrieval.py evaluation of the checkpoint saved right after."""
+    data = synthetic_data / "dataset_synthetic.json"
     proc = torchrun(["-m", "training.main", "--model", "PIR-tiny", "--is_aff_loss", "--gather-with-grad",
-                     "--train-data", str(synthetic_data / "dataset_synthetic.json"), "--dataset-type", "json",
+                     "--train-data", str(data), "--dataset-type", "json",
                      "--batch-size", "4", "--epochs", "1", "--workers", "0", "--precision", "fp32",
                      "--lr", "1e-4", "--warmup", "2", "--logs-dir", str(tmp_path), "--name", "ddp",
-                     "--log-every-n-steps", "1"])
+                     "--log-every-n-steps", "1", "--val-data", str(data), "--val-split", "test",
+                     "--val-batch-size", "4"])
     log = (tmp_path / "ddp" / "out.log").read_text() if (tmp_path / "ddp" / "out.log").exists() else ""
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "distributed mode" in log or "total 2" in log or "Affiliation_loss" in log
-    ckpt = torch.load(tmp_path / "ddp" / "checkpoints" / "epoch_1.pt", weights_only=True)
+    assert "Affiliation_loss" in log
+    checkpoints = tmp_path / "ddp" / "checkpoints"
+    ckpt = torch.load(checkpoints / "epoch_1.pt", weights_only=True)
     assert ckpt["epoch"] == 1
     assert not any(k.startswith("module.") for k in ckpt["state_dict"])
+
+    logged = json.loads((checkpoints / "results.jsonl").read_text().splitlines()[-1])
+    single = subprocess.run([sys.executable, "retrieval.py", "--model-name", "PIR-tiny", "--remoteclip-path",
+                             str(checkpoints / "epoch_1.pt"), "--retrieval-json-dir", str(data), "--split", "test",
+                             "--batch-size", "4", "--workers", "0", "--output", str(tmp_path / "single.json"),
+                             "--quiet"], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    metrics = json.loads((tmp_path / "single.json").read_text())["metrics"]
+    assert {k: logged[k] for k in metrics} == pytest.approx(metrics, abs=1e-9)
