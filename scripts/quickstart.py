@@ -62,12 +62,13 @@ def run(cmd: List[str], quiet: bool = False) -> None:
         sys.exit(f"command failed with exit code {proc.returncode}: {cmd[1] if len(cmd) > 1 else cmd[0]}")
 
 
-def ensure_data(data_dir: str, seed: int = 0) -> None:
+def ensure_data(data_dir: str, seed: int = 0, images_per_class: Optional[int] = None) -> None:
     if os.path.isfile(os.path.join(data_dir, "summary.json")):
         print(f"Using the synthetic data set in {data_dir}")
         return
+    size = ["--images-per-class", str(images_per_class)] if images_per_class else []
     run([sys.executable, "scripts/make_synthetic.py", "--out", data_dir, "--seed", str(seed),
-         "--image-format", "mixed"])
+         "--image-format", "mixed", *size])
 
 
 def ensure_prior(data_dir: str, model: str) -> str:
