@@ -28,6 +28,7 @@ from .checkpoint import (
 from .config import PIRCfg, PriorCfg
 from .pir import PIR
 from .prior import prior_state_dict_from
+from .registry import open_clip_original
 from .release import PIRRelease
 
 get_tokenizer = open_clip.get_tokenizer
@@ -49,8 +50,9 @@ def get_model_config(model_name: str) -> Dict[str, Any]:
     return copy.deepcopy(cfg)
 
 
-def release_prior_cfg(state_dict: StateDict) -> PriorCfg:
-    """Reads the release prior's ModifiedResNet shape off its weights (heads cannot be read: 64-wide)."""
+def release_prior_cfg(state_dict: StateDict, head_width: int = 64) -> PriorCfg:
+    """Reads the release prior's ModifiedResNet shape off its weights. Heads cannot be read off them: they
+    are ``head_width`` wide (64 in the release's RN50)."""
     try:
         layers = tuple(
             len({k.split(".")[2] for k in state_dict if k.startswith(f"res_visual.layer{i}.")}) for i in range(1, 5))
@@ -59,7 +61,7 @@ def release_prior_cfg(state_dict: StateDict) -> PriorCfg:
         grid = math.isqrt(state_dict["res_visual.attnpool.positional_embedding"].shape[0] - 1)
     except KeyError as exc:
         raise CheckpointError(f"release-format checkpoint lacks {exc.args[0]}; is the file complete?") from exc
-    return PriorCfg(type="modified_resnet", layers=layers, width=width, head_width=64, image_size=grid * 32,
+    return PriorCfg(type="modified_resnet", layers=layers, width=width, head_width=head_width, image_size=grid * 32,
                     output_dim=output_dim, frozen=True)
 
 
@@ -101,7 +103,7 @@ def _read_pretrained(model_name: str, pretrained: Optional[str], clip_model: Opt
         raise ValueError(f"--pretrained {pretrained!r} is neither a file nor an open_clip tag of {base} "
                          f"(tags: {tags or 'none'})")
     logging.info(f"Loading open_clip {base} weights '{pretrained}' for the CLIP part of {model_name}.")
-    base_model = open_clip.create_model(base, pretrained=pretrained, cache_dir=cache_dir)
+    base_model = open_clip_original("create_model")(base, pretrained=pretrained, cache_dir=cache_dir)
     return base_model.state_dict(), open_clip.get_pretrained_cfg(base, pretrained)
 
 
@@ -133,7 +135,7 @@ def create_model(
     pir_cfg = PIRCfg.from_dict(cfg.pop("pir_cfg")) if "pir_cfg" in cfg else None
     if pir_cfg is None and pretrained and not os.path.isfile(pretrained):
         # A plain open_clip model with a pretrained tag: open_clip does everything.
-        return open_clip.create_model(
+        return open_clip_original("create_model")(
             model_name, pretrained, precision=precision, device=device, force_quick_gelu=force_quick_gelu,
             force_image_size=force_image_size, force_context_length=force_context_length,
             force_patch_dropout=force_patch_dropout, cache_dir=cache_dir, output_dict=output_dict, **model_kwargs)
@@ -146,7 +148,12 @@ def create_model(
             logging.info(f"{pretrained} is an authors' release checkpoint: building the release-compatible model.")
         pir_cfg = pir_cfg or PIRCfg()
         pir_cfg.architecture = "release"
-        pir_cfg.prior = release_prior_cfg(state_dict)
+        prior = release_prior_cfg(state_dict)
+        configured = pir_cfg.prior
+        if configured.type == "modified_resnet" and (tuple(configured.layers), configured.width) == \
+                (prior.layers, prior.width):
+            prior.head_width = configured.head_width  # the config's prior (PIR-release-tiny: 32-wide heads)
+        pir_cfg.prior = prior
     elif fmt == "pir" and pir_cfg is not None and pir_cfg.architecture == "pir":
         pir_cfg.vir.enabled = any(k.startswith("vir.") for k in state_dict)
         pir_cfg.lca.enabled = any(k.startswith("lca.") for k in state_dict)
