@@ -177,3 +177,11 @@ def test_bad_input_is_one_line(synthetic_data, tmp_path, capsys):
     one_line_error(*zeroshot([*base, "--data", tmp_path / "nowhere"], capsys)[::2], "nowhere")
     one_line_error(*zeroshot([*base, "--data", synthetic_data / "classification", "--bands", "4,3,2"],
                              capsys)[::2], "none of the", "band")
+
+
+@pytest.mark.parametrize("name", ["zeroshot", "linear-probe"])
+def test_subcommand_help(name, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([name, "--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0 and "--data" in out and "--classnames" in out and "--model-name" in out

@@ -28,7 +28,7 @@ import io
 import json
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -57,7 +57,6 @@ class SceneSet:
     layout: str  # "folders" or "csv"
     split: str = "all"
     names_from: str = "normalised from the folder names"
-    class_counts_all: List[int] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -300,11 +299,11 @@ def load_scene_set(data: str, split: str = "all", classnames: Optional[str] = No
         if images_dir is not None:
             raise ValueError("--images-dir is for a CSV --data; a folder of class folders holds its own images")
         root, keys, paths, labels = scan_class_folders(data)
+        root = os.path.abspath(root)
         names = read_class_names(classnames, keys) if classnames else [class_name_words(k) for k in keys]
         layout = "folders"
     check_distinct(names, keys, f"from --classnames {classnames}" if classnames else "after normalisation")
     scene_set = SceneSet(paths, labels, keys, names, root, layout,
                          names_from=f"--classnames {classnames}" if classnames else "normalised from the "
                          + ("folder names" if layout == "folders" else "CSV labels"))
-    scene_set.class_counts_all = scene_set.class_counts()
     return scene_set.select(split)
