@@ -30,6 +30,7 @@ from training.failures import end_job, finish_job, other_rank_failed, watch_for_
 from training.params import parse_args, resolve_precision
 from training.sync_batchnorm import convert_sync_batchnorm
 from training.train import evaluate, train_one_epoch, unwrap
+from training.zeroshot import load_zeroshot_set, zeroshot_due, zeroshot_validate
 
 
 class RunExistsError(FileExistsError):
@@ -95,6 +96,7 @@ def run(args, device: torch.device) -> None:
 
     tokenizer = get_tokenizer(args.model, context_length=args.force_context_length)
     val_set = load_validation_set(args) if args.val_data else None  # every rank encodes its share
+    zeroshot_set = load_zeroshot_set(args) if is_master(args) else None  # rank 0 scores it; see README
     if not args.train_data and args.dataset_type != "synthetic":
         raise ValueError("nothing to train on: pass --train-data (or --dataset-type synthetic)")
 
@@ -129,6 +131,9 @@ def run(args, device: torch.device) -> None:
         if val_set is not None and (completed_epoch % args.val_frequency == 0 or completed_epoch == args.epochs):
             metrics = evaluate(original_model, val_set, completed_epoch, args, preprocess_val, tokenizer,
                                tb_writer=writer)
+        if zeroshot_set is not None and zeroshot_due(completed_epoch, args):
+            metrics.update(zeroshot_validate(original_model, zeroshot_set, completed_epoch, args, preprocess_val,
+                                             tokenizer, tb_writer=writer))
         mean_recall = metrics.get(MEAN_RECALL_NAME)
         is_best = mean_recall is not None and (best_mean_recall is None or mean_recall > best_mean_recall)
         if is_best:

@@ -19,9 +19,6 @@ class Honoured(NamedTuple):
 
 H = Honoured
 MAIN, TRAIN, DATA, DIST = "training.main", "training.train", "training.data", "open_clip_train.distributed"
-# The zero-shot validation (--zeroshot-data) reads --zeroshot-frequency: the hook for that work is only
-# that the flag is accepted here, with open_clip's meaning (every N epochs).
-ZERO_SHOT_VALIDATION = "zero-shot validation (--zeroshot-data) runs every --zeroshot-frequency epochs"
 
 HONOURED: Dict[str, Honoured] = {
     "--train-data": H(DATA), "--train-data-upsampling-factors": H(DATA), "--train-num-samples": H(DATA),
@@ -30,7 +27,7 @@ HONOURED: Dict[str, Honoured] = {
     "--workers": H(DATA), "--batch-size": H(DATA),
     "--val-data": H(MAIN, "RS retrieval validation (Karpathy JSON, PIR-ITR JSON or CSV), not a webdataset"),
     "--val-frequency": H(MAIN),
-    "--zeroshot-frequency": H(None, ZERO_SHOT_VALIDATION),
+    "--zeroshot-frequency": H("training.zeroshot", "zero-shot validation of --zeroshot-data (scene folders or CSV), every N epochs"),
     "--logs": H(MAIN), "--log-local": H(MAIN), "--name": H(MAIN), "--debug": H(MAIN),
     "--report-to": H(MAIN, "tensorboard ('all' means tensorboard: wandb is refused)"),
     "--cache-dir": H(MAIN), "--model": H(MAIN), "--pretrained": H(MAIN), "--seed": H(MAIN),

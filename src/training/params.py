@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Images of --val-data (default: next to the file, or its images/ folder).")
     val.add_argument("--val-split", default="val", help="Split of a Karpathy JSON to validate on (default val).")
     val.add_argument("--val-batch-size", type=int, default=None, help="Encoding batch size (default --batch-size).")
+    val.add_argument("--zeroshot-data", default=None,
+                     help="Zero-shot scene classification every --zeroshot-frequency epochs: a folder of class folders "
+                          "or a filepath,label CSV, as pir-clip zeroshot --data.")
     return parser
 
 

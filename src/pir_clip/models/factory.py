@@ -9,7 +9,6 @@ CLIP part and the PIR modules start fresh (logged).
 """
 import copy
 import logging
-import math
 import os
 import re
 from dataclasses import asdict
@@ -28,6 +27,7 @@ from .checkpoint import (
 from .config import PIRCfg, PriorCfg
 from .pir import PIR
 from .prior import prior_cfg_from_weights, prior_state_dict_from
+from .registry import open_clip_original
 from .release import PIRRelease
 
 get_tokenizer = open_clip.get_tokenizer
@@ -103,7 +103,7 @@ def _read_pretrained(model_name: str, pretrained: Optional[str], clip_model: Opt
         raise ValueError(f"--pretrained {pretrained!r} is neither a file nor an open_clip tag of {base} "
                          f"(tags: {tags or 'none'})")
     logging.info(f"Loading open_clip {base} weights '{pretrained}' for the CLIP part of {model_name}.")
-    base_model = open_clip.create_model(base, pretrained=pretrained, cache_dir=cache_dir)
+    base_model = open_clip_original("create_model")(base, pretrained=pretrained, cache_dir=cache_dir)
     return base_model.state_dict(), open_clip.get_pretrained_cfg(base, pretrained)
 
 
@@ -135,7 +135,7 @@ def create_model(
     pir_cfg = PIRCfg.from_dict(cfg.pop("pir_cfg")) if "pir_cfg" in cfg else None
     if pir_cfg is None and pretrained and not os.path.isfile(pretrained):
         # A plain open_clip model with a pretrained tag: open_clip does everything.
-        return open_clip.create_model(
+        return open_clip_original("create_model")(
             model_name, pretrained, precision=precision, device=device, force_quick_gelu=force_quick_gelu,
             force_image_size=force_image_size, force_context_length=force_context_length,
             force_patch_dropout=force_patch_dropout, cache_dir=cache_dir, output_dict=output_dict, **model_kwargs)
