@@ -1,14 +1,22 @@
 """Benchmark the affiliation loss (forward + backward, CPU) against the naive per-sample transcription.
 
-    python scripts/bench_loss.py [--batch 512] [--width 512] [--with-step | --no-with-step]
+    python scripts/bench_loss.py [--batch 512] [--width 512] [--with-step | --no-with-step] [--memory-n 8192]
 
 Prints a table of median times; the last line is ``aff_loss_speedup_vs_naive: X``. With ``--with-step``
 (the default) it also times one PIR training step (forward,
 PIRLoss, backward, AdamW step) and reports the loss's share of it.
+
+Memory: the peak memory of the affiliation loss and of open_clip's ``ClipLoss`` (forward + backward) at the
+same N (``--memory-n``, default 8,192, d 512, every sample its own class: C = N, the worst case), each
+measured in a fresh process so neither sees the other's allocator state, and their ratio
+(``aff_loss_over_clip_loss_peak_memory: X``). On the CPU the peak is the process's resident-set high-water
+mark (Linux ``VmHWM``, reset after the inputs are built); on CUDA ``torch.cuda.max_memory_allocated``.
 """
 import argparse
 import importlib.util
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -106,6 +114,70 @@ def _pir_loss_forward_backward(loss: PIRLoss, features, ids, scale) -> None:
     sum(loss(image, text, s, class_ids=ids, output_dict=True).values()).backward()
 
 
+def _resident_bytes(field: str) -> int:
+    """VmRSS / VmHWM of this process from /proc (Linux), in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def measure_peak(which: str, n: int, width: int, device: str) -> int:
+    """Bytes the loss ``which`` ('affiliation' or 'clip') adds at its peak, forward + backward, N = n rows of
+    width ``width``, every sample its own class. Run in a process of its own (see ``peak_in_subprocess``)."""
+    from open_clip.loss import ClipLoss
+    gen = torch.Generator().manual_seed(0)
+    image = F.normalize(torch.randn(n, width, generator=gen), dim=-1).to(device).requires_grad_(True)
+    text = F.normalize(torch.randn(n, width, generator=gen), dim=-1).to(device).requires_grad_(True)
+    scale = torch.tensor(CLIP_SCALE, device=device, requires_grad=True)
+    ids = torch.arange(n, device=device)
+    clip_loss = ClipLoss()
+
+    def run():
+        loss = affiliation_loss(image, text, ids, scale) if which == "affiliation" else clip_loss(image, text, scale)
+        loss.backward()
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        run()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    run()  # once untimed, so lazily initialised kernels and thread pools are not counted
+    image.grad = text.grad = scale.grad = None
+    with open("/proc/self/clear_refs", "w") as f:  # resets VmHWM to the current VmRSS
+        f.write("5")
+    before = _resident_bytes("VmRSS")
+    run()
+    return _resident_bytes("VmHWM") - before
+
+
+def peak_in_subprocess(which: str, n: int, width: int, device: str) -> int:
+    cmd = [sys.executable, __file__, "--peak-of", which, "--memory-n", str(n), "--width", str(width),
+           "--device", device]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if out.returncode != 0:
+        sys.exit(f"peak-memory measurement of {which} failed:\n{out.stderr[-2000:]}")
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def report_memory(n: int, width: int, device: str, reps: int) -> None:
+    """Peak memory of AL and ClipLoss at the same N, each in fresh processes, interleaved; medians."""
+    print(f"\npeak memory, forward + backward, N {n:,}, d {width}, {n:,} classes (all distinct), {device}, "
+          f"each in a fresh process ({reps} each, interleaved)...", flush=True)
+    peaks = {"affiliation": [], "clip": []}
+    for _ in range(reps):
+        for which in peaks:
+            peaks[which].append(peak_in_subprocess(which, n, width, device))
+    al, clip = statistics.median(peaks["affiliation"]), statistics.median(peaks["clip"])
+    one_matrix = n * n * 4
+    print(f"{'affiliation loss':<40} {al / 2**20:>10.0f} MiB  ({al / one_matrix:.2f} x one N x N fp32 matrix)")
+    print(f"{'open_clip ClipLoss':<40} {clip / 2**20:>10.0f} MiB  ({clip / one_matrix:.2f} x one N x N fp32 matrix)")
+    print(f"aff_loss_over_clip_loss_peak_memory: {al / clip:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=512)
@@ -119,7 +191,15 @@ def main() -> None:
                         help="batch of the training step (CPU memory grows with it); the loss is timed at "
                              "the same batch for the percentage")
     parser.add_argument("--step-reps", type=int, default=2)
+    parser.add_argument("--memory-n", type=int, default=8192,
+                        help="N of the peak-memory comparison with ClipLoss (0 skips it)")
+    parser.add_argument("--memory-reps", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="device of the peak-memory comparison")
+    parser.add_argument("--peak-of", choices=("affiliation", "clip"), help=argparse.SUPPRESS)  # child process
     args = parser.parse_args()
+    if args.peak_of:
+        print(measure_peak(args.peak_of, args.memory_n, args.width, args.device))
+        return
 
     image, text, ids = rs_like_batch(args.batch, args.width)
     scale = torch.tensor(CLIP_SCALE)
@@ -143,6 +223,8 @@ def main() -> None:
 
     if args.with_step:
         time_training_step(args.step_model, args.step_batch, args.step_reps, args.reps)
+    if args.memory_n:
+        report_memory(args.memory_n, args.width, args.device, args.memory_reps)
 
     print(f"aff_loss_speedup_vs_naive: {naive_s / vectorised_s:.1f}")
 

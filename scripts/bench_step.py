@@ -2,12 +2,14 @@
 
 One step = forward + contrastive loss + backward + AdamW step, batch 32, on the CPU (or --device).
 Models: open_clip ViT-B-32, PIR (ViT-B/32 towers + RN50 prior) with the prior frozen, and with it
-trainable; plus the frozen prior's forward and the VIR + LCA blocks (forward + backward) timed alone.
-All of them are interleaved, step by step, so background load hits them alike; the median of --steps
-timed steps each is reported, with forward FLOPs counted by torch's FlopCounterMode.
+trainable; the release-compatible model (PIR-release: the authors' image path, RN50 prior trainable, as
+their release trains it); plus the frozen prior's forward and the VIR + LCA blocks (forward + backward)
+timed alone. All of them are interleaved, step by step, so background load hits them alike; the median of
+--steps timed steps each is reported, with forward FLOPs counted by torch's FlopCounterMode.
 The last line is ``pir_frozen_over_clip_step_ratio: X``.
 
-    python scripts/bench_step.py [--batch-size 32] [--steps 5] [--model PIR --baseline ViT-B-32]
+    python scripts/bench_step.py [--batch-size 32] [--steps 5] [--model PIR --release-model PIR-release
+                                 --baseline ViT-B-32] [--skip release pae ...]
 """
 import argparse
 import statistics
@@ -112,24 +114,28 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--release-model", default="PIR-release")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["trainable", "release", "prior", "pae"],
+                        help="leave out some rows (each full model costs ~2 GB of CPU memory with AdamW)")
     args = parser.parse_args()
     torch.manual_seed(0)
 
     image_size = pir_clip.get_model_config(args.model)["vision_cfg"]["image_size"]
     inputs = batch(args.model, args.batch_size, image_size, args.device)
-    steppers = [
-        Stepper(f"{args.baseline} (open_clip)", pir_clip.create_model(args.baseline, output_dict=True,
-                                                                      device=args.device), inputs),
-        Stepper(f"{args.model}, prior frozen", pir_clip.create_model(args.model, output_dict=True,
-                                                                     device=args.device), inputs),
-        Stepper(f"{args.model}, prior trainable", pir_clip.create_model(
-            args.model, output_dict=True, unlock_prior=True, device=args.device), inputs),
-    ]
-    prior = PriorOnly("frozen prior forward alone", steppers[1].model.prior, inputs)
-    pae = PAEOnly("VIR + LCA alone (fwd + bwd)", steppers[1].model, inputs)
-    steppers += [prior, pae]
-    flops = [s.forward_flops() for s in steppers[:-1]] + [0]
+    base = Stepper(f"{args.baseline} (open_clip)", pir_clip.create_model(args.baseline, output_dict=True,
+                                                                         device=args.device), inputs)
+    frozen = Stepper(f"{args.model}, prior frozen", pir_clip.create_model(args.model, output_dict=True,
+                                                                          device=args.device), inputs)
+    rows = {"trainable": lambda: Stepper(f"{args.model}, prior trainable", pir_clip.create_model(
+                args.model, output_dict=True, unlock_prior=True, device=args.device), inputs),
+            "release": lambda: Stepper(f"{args.release_model}, prior trainable", pir_clip.create_model(
+                args.release_model, output_dict=True, unlock_prior=True, device=args.device), inputs),
+            "prior": lambda: PriorOnly("frozen prior forward alone", frozen.model.prior, inputs),
+            "pae": lambda: PAEOnly("VIR + LCA alone (fwd + bwd)", frozen.model, inputs)}
+    extra = {name: make() for name, make in rows.items() if name not in args.skip}
+    steppers = [base, frozen, *extra.values()]
+    flops = [0 if isinstance(s, PAEOnly) else s.forward_flops() for s in steppers]
     for _ in range(args.warmup):
         for s in steppers:
             s.step(record=False)
@@ -138,20 +144,23 @@ def main():
             s.step()
         print(f"  round {i + 1}/{args.steps}: " + ", ".join(f"{s.times[-1]:.2f}s" for s in steppers), flush=True)
 
-    base = steppers[0]
     print(f"\nbatch {args.batch_size}, {args.steps} timed steps per model, device {args.device}, "
           f"torch threads {torch.get_num_threads()}")
     print(f"{'model':48s} {'median step (s)':>16s} {'ratio':>7s} {'fwd GFLOPs':>11s} {'flop ratio':>10s}")
     for s, f in zip(steppers, flops):
         print(f"{s.label:48s} {s.median:16.3f} {s.median / base.median:7.3f} {f / 1e9:11.1f} {f / flops[0]:10.3f}")
-    frozen, trainable = steppers[1].median / base.median, steppers[2].median / base.median
-    prior_share = prior.median / base.median
-    print(f"prior_share_of_clip_step: {prior_share:.3f}")
-    print(f"pir_minus_clip_minus_prior_share_of_clip_step: {frozen - 1 - prior_share:.3f}")
-    print(f"pae_blocks_share_of_clip_step: {pae.median / base.median:.3f}")
-    print(f"pir_trainable_over_clip_step_ratio: {trainable:.3f}")
+    ratio = {name: s.median / base.median for name, s in extra.items()}
+    if "prior" in ratio:
+        print(f"prior_share_of_clip_step: {ratio['prior']:.3f}")
+        print(f"pir_minus_clip_minus_prior_share_of_clip_step: {frozen.median / base.median - 1 - ratio['prior']:.3f}")
+    if "pae" in ratio:
+        print(f"pae_blocks_share_of_clip_step: {ratio['pae']:.3f}")
+    if "trainable" in ratio:
+        print(f"pir_trainable_over_clip_step_ratio: {ratio['trainable']:.3f}")
+    if "release" in ratio:
+        print(f"release_trainable_over_clip_step_ratio: {ratio['release']:.3f}")
     print(f"pir_forward_flops_ratio: {flops[1] / flops[0]:.3f}")
-    print(f"pir_frozen_over_clip_step_ratio: {frozen:.3f}")
+    print(f"pir_frozen_over_clip_step_ratio: {frozen.median / base.median:.3f}")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ import dataclasses
 import sys
 from typing import List, Optional
 
-from pir_clip.data.synthetic import (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGES_PER_CLASS, DEFAULT_SHARD_SIZE, IMAGE_FORMATS,
-                                SPLITS, generate)
+from pir_clip.data.synthetic import (DEFAULT_CLASSIFICATION_IMAGES, DEFAULT_IMAGE_SIZE, DEFAULT_IMAGES_PER_CLASS,
+                                     DEFAULT_SHARD_SIZE, IMAGE_FORMATS, SPLITS, generate)
 from pir_clip.data.synthetic_scenes import DIFFICULTY_PRESETS, SCENES
 
 
@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                           ("overlap", "chance of distractors borrowed from other classes")):
         parser.add_argument(f"--{knob}", type=float, default=None,
                             help=f"{meaning}, in [0, 1] (overrides --difficulty)")
+    parser.add_argument("--classification-images-per-class", type=int, default=DEFAULT_CLASSIFICATION_IMAGES,
+                        help="images of every class in the classification/ scene folders, scenes the retrieval "
+                             f"files never show (default: {DEFAULT_CLASSIFICATION_IMAGES}; 0: none)")
     parser.add_argument("--overwrite", action="store_true", help="replace a data set already in --out")
     parser.add_argument("--list-classes", action="store_true", help="print the scene classes and exit")
     return parser
@@ -62,8 +65,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         summary = generate(args.out, seed=args.seed, images_per_class=args.images_per_class,
                            image_size=args.image_size, classes=classes, image_format=args.image_format,
                            val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                           shard_size=args.shard_size, difficulty=difficulty, overwrite=args.overwrite,
-                           progress=True)
+                           shard_size=args.shard_size, difficulty=difficulty,
+                           classification_images_per_class=args.classification_images_per_class,
+                           overwrite=args.overwrite, progress=True)
     except (ValueError, FileExistsError) as error:
         parser.error(str(error))
     per_split = ", ".join(f"{split} {sum(summary.counts[split].values())}" for split in SPLITS)
@@ -71,6 +75,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"wrote {summary.n_images} images ({per_split}) of {len(summary.classes)} classes and "
           f"{summary.n_captions} captions to {summary.out_dir} in {summary.seconds:.1f} s")
     print(f"shards per kind (rs5m, openclip): {shards}; difficulty: {dataclasses.asdict(difficulty)}")
+    if summary.classification:
+        print(f"classification set: {sum(summary.classification.values())} images in "
+              f"{len(summary.classification)} class folders under {summary.out_dir}/classification")
     return 0
 
 

@@ -9,7 +9,9 @@ Steps, each printed as the command a user would type:
 3. train with ``python -m training.main`` on the RS5M-style shards, as the authors' command does,
    validating on the val split every epoch;
 4. evaluate the best checkpoint on the test split with ``retrieval.py``: metric table, results JSON,
-   embeddings and the retrieval figure.
+   embeddings and the retrieval figure;
+5. classify the synthetic scene folders (``classification/``, scenes unseen in training) zero-shot with
+   ``pir-clip zeroshot``, and print top-1 beside chance.
 """
 import argparse
 import json
@@ -62,12 +64,16 @@ def run(cmd: List[str], quiet: bool = False) -> None:
         sys.exit(f"command failed with exit code {proc.returncode}: {cmd[1] if len(cmd) > 1 else cmd[0]}")
 
 
-def ensure_data(data_dir: str, seed: int = 0) -> None:
+def ensure_data(data_dir: str, seed: int = 0, images_per_class: Optional[int] = None) -> None:
     if os.path.isfile(os.path.join(data_dir, "summary.json")):
-        print(f"Using the synthetic data set in {data_dir}")
-        return
+        if os.path.isdir(os.path.join(data_dir, "classification")):
+            print(f"Using the synthetic data set in {data_dir}")
+            return
+        # Written before the generator made a classification set: regenerate (same seed, the same bytes).
+        print(f"{data_dir} has no classification/ folder yet: regenerating it")
+    size = ["--images-per-class", str(images_per_class)] if images_per_class else []
     run([sys.executable, "scripts/make_synthetic.py", "--out", data_dir, "--seed", str(seed),
-         "--image-format", "mixed"])
+         "--image-format", "mixed", "--overwrite", *size])
 
 
 def ensure_prior(data_dir: str, model: str) -> str:
@@ -120,6 +126,16 @@ def evaluate(variant: Variant, data_dir: str, checkpoint: str, out_dir: str, spl
         return json.load(f)
 
 
+def zeroshot(variant: Variant, data_dir: str, checkpoint: str, out_dir: str) -> Dict:
+    """``pir-clip zeroshot`` of a checkpoint on the synthetic scene folders; returns its results JSON."""
+    out_json = os.path.join(out_dir, "zeroshot_results.json")
+    run([sys.executable, "-m", "pir_clip", "zeroshot", "--model-name", variant.model, "--checkpoint", checkpoint,
+         "--data", os.path.join(data_dir, "classification"), "--output", out_json,
+         "--save-confusion", os.path.join(out_dir, "zeroshot_confusion.png"), "--workers", "2"])
+    with open(out_json) as f:
+        return json.load(f)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--baseline", action="store_true", help="Train the plain CLIP baseline instead of PIR.")
@@ -136,12 +152,17 @@ def main(argv=None) -> int:
     prior = ensure_prior(args.data, variant.model) if variant.prior else None
     run_name = f"quickstart-{variant.name}-seed{args.seed}"
     checkpoints = train(variant, args.data, args.logs, run_name, args.seed, budget, prior)
-    result = evaluate(variant, args.data, os.path.join(checkpoints, "epoch_best.pt"), os.path.join(args.logs, run_name))
+    best, run_dir = os.path.join(checkpoints, "epoch_best.pt"), os.path.join(args.logs, run_name)
+    result = evaluate(variant, args.data, best, run_dir)
+    classified = zeroshot(variant, args.data, best, run_dir)
     mean_recall = result["metrics"]["retrieval-mean-recall"]
+    n_classes = classified["counts"]["classes"]
     print(f"\nQuickstart ({variant.name}, {variant.model}) finished in {time.time() - start:.0f} s: "
-          f"test mR {mean_recall:.2f} on {result['num_images']} images / {result['num_captions']} captions.")
-    print(f"Run folder: {os.path.join(args.logs, run_name)} (out.log, tensorboard/, checkpoints/, "
-          f"test_results.json, retrieval.png)")
+          f"test mR {mean_recall:.2f} on {result['num_images']} images / {result['num_captions']} captions; "
+          f"zero-shot top-1 {100 * classified['metrics']['acc1']:.2f}% on {classified['counts']['evaluated']} unseen "
+          f"scenes of {n_classes} classes (chance {100 / n_classes:.2f}%).")
+    print(f"Run folder: {run_dir} (out.log, tensorboard/, checkpoints/, test_results.json, retrieval.png, "
+          f"zeroshot_results.json, zeroshot_confusion.png)")
     return 0
 
 

@@ -8,6 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from pir_clip.data.labels import class_id, resolve_class_id
 from pir_clip.losses import PIRLoss, affiliation_loss
@@ -125,6 +126,44 @@ def test_affiliation_loss_under_autocast_reduces_in_float32(dtype):
     assert image.grad.dtype == dtype and torch.isfinite(image.grad.float()).all()
     reference = affiliation_loss(image.detach().float(), text.detach().float(), ids, scale)
     torch.testing.assert_close(loss.detach(), reference, rtol=1e-6, atol=1e-6)
+
+
+class _LargeTensorLog(TorchDispatchMode):
+    """Records (op, shape, dtype) of every newly allocated op output with at least ``min_numel`` elements
+    (views such as detach share their input's memory and are not counted)."""
+
+    def __init__(self, min_numel):
+        super().__init__()
+        self.min_numel, self.large = min_numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in torch.utils._pytree.tree_leaves((args, kwargs))
+                  if isinstance(t, torch.Tensor)}
+        for t in (out if isinstance(out, (tuple, list)) else [out]):
+            if isinstance(t, torch.Tensor) and t.numel() >= self.min_numel \
+                    and t.untyped_storage().data_ptr() not in inputs:
+                self.large.append((func.overloadpacket.__name__, tuple(t.shape), t.dtype))
+        return out
+
+
+def test_affiliation_loss_memory_only_the_logits_are_batch_by_classes():
+    """With every sample its own class (C = B, RSICD's numeric names), the only (B, C)-sized tensors of the
+    forward are the two logit matrices and the two log-softmaxes cross_entropy keeps for backward: no
+    one-hot membership matrix. The backward adds only the gradients of those."""
+    batch, width = 96, 8  # C * d < B * C, so the (C, d) centres do not count as large
+    image, text = _leaves(*_features(batch, width, dtype=torch.float32))
+    scale = torch.tensor(CLIP_SCALE, requires_grad=True)
+    forward = _LargeTensorLog(batch * batch)
+    with forward:
+        loss = affiliation_loss(image, text, torch.arange(batch), scale)
+    assert sorted(op for op, _, _ in forward.large) == ["_log_softmax", "_log_softmax", "addmm", "addmm"], \
+        forward.large
+    assert all(shape == (batch, batch) and dtype == torch.float32 for _, shape, dtype in forward.large)
+    backward = _LargeTensorLog(batch * batch)
+    with backward:
+        loss.backward()
+    assert len(backward.large) <= 4, backward.large  # per direction: grad of log_softmax and nll's scatter
 
 
 def test_affiliation_loss_errors():

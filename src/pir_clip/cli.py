@@ -76,6 +76,73 @@ def retrieval_arguments(p: argparse.ArgumentParser):
     return run
 
 
+def add_scene_data_arguments(p: argparse.ArgumentParser, split: bool) -> None:
+    """--data, --split, --classnames, --images-dir: a scene classification set (pir_clip.data.scene_folders)."""
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=True,
+                   help="A folder of class folders at any depth (AID/Airport/airport_1.jpg, UCMerced_LandUse/Images/"
+                        "agricultural/..., EuroSAT/2750/AnnualCrop/...), or a CSV with filepath,label columns.")
+    if split:
+        g.add_argument("--split", choices=("all", "train", "test"), default="all",
+                       help="all (default), or RemoteCLIP's rule: per class, files sorted by name, the first 80%% "
+                            "train and the rest test.")
+    g.add_argument("--classnames", default=None, metavar="FILE",
+                   help="Class names for the prompts: one per line in label order (sorted folder names), or JSON "
+                        "{folder: name}. Default: folder names / labels as words (StorageTanks -> storage tanks).")
+    g.add_argument("--images-dir", default=None,
+                   help="Folder a CSV's relative file paths start from (default: the CSV's folder).")
+
+
+@command("zeroshot", "zero-shot scene classification (top-1, top-5, mean per-class recall) of class folders or a "
+                     "label CSV")
+def zeroshot_arguments(p: argparse.ArgumentParser):
+    add_model_arguments(p)
+    add_scene_data_arguments(p, split=True)
+    g = p.add_argument_group("prompts")
+    g.add_argument("--templates", default=None, metavar="FILE",
+                   help="Prompt templates, one per line with {} where the class name goes (default: the built-in "
+                        "remote-sensing set).")
+    add_runtime_arguments(p)
+    g = p.add_argument_group("output")
+    g.add_argument("--output", default="zeroshot_results.json",
+                   help="Results JSON (default zeroshot_results.json): acc1, acc5, mean_per_class_recall, per-class "
+                        "recall, class names, templates, counts.")
+    g.add_argument("--save-confusion", default=None, metavar="OUT.png", help="Save the confusion matrix as a PNG.")
+    g.add_argument("--save-predictions", default=None, metavar="OUT.csv",
+                   help="Save file, true class and the top-5 classes with their scores for every image.")
+
+    def run(args):
+        from .evaluation.zeroshot import run as run_zeroshot
+        return run_zeroshot(args)
+    return run
+
+
+@command("linear-probe", "few-shot linear probes (logistic regression on frozen image features), mean and spread "
+                         "over seeds")
+def linear_probe_arguments(p: argparse.ArgumentParser):
+    add_model_arguments(p)
+    add_scene_data_arguments(p, split=False)
+    g = p.add_argument_group("probe")
+    g.add_argument("--shots", nargs="+", default=["1", "2", "4", "8", "16"], metavar="K",
+                   help="Training images per class, drawn from the train split: counts and/or 'all' "
+                        "(default 1 2 4 8 16).")
+    g.add_argument("--seeds", type=int, default=3, help="Draws per shot count, seeds 0..N-1 (default 3).")
+    g.add_argument("--l2", type=float, default=1e-3, help="L2 weight of the logistic regression (default 1e-3).")
+    g.add_argument("--max-iter", type=int, default=500, help="L-BFGS iterations per probe (default 500).")
+    g.add_argument("--features", default=None, metavar="FILE.pt",
+                   help="Cache of the image features: read when it matches the model, checkpoint and files, else "
+                        "computed and written.")
+    add_runtime_arguments(p)
+    g = p.add_argument_group("output")
+    g.add_argument("--output", default="linear_probe_results.json",
+                   help="Results JSON (default linear_probe_results.json).")
+
+    def run(args):
+        from .evaluation.linear_probe import run as run_linear_probe
+        return run_linear_probe(args)
+    return run
+
+
 @command("index", "embed image folders, webdataset shards and GeoTIFF scenes into a searchable index")
 def index_arguments(p: argparse.ArgumentParser):
     p.add_argument("paths", nargs="*", metavar="PATH",

@@ -8,8 +8,9 @@ and cT_i likewise,
 
 Columns of one class are identical, so a row's B logits take only C distinct values, the one of class c
 repeated n_c times. Hence row i's term equals the cross-entropy over the C distinct classes with logits
-z_c + log(n_c), plus the constant log(n_{y_i}): the same value and gradient in O(B*C*d) instead of
-O(B*B*d), and without a loop over samples.
+z_c + log(n_c), plus the constant log(n_{y_i}): the same value and gradient in O(B*C*d) time instead of
+O(B*B*d), and without a loop over samples. Memory: the class centres are summed with ``index_add``
+(O(C*d)); the (B, C) logits and their log-softmax are the only tensors of that size.
 """
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -93,19 +94,29 @@ def affiliation_loss(
             classes, member_class = torch.unique(row_ids, return_inverse=True)
             row_class = member_class
 
-        membership = F.one_hot(member_class, classes.numel()).to(dtype)  # (N, C)
-        counts = membership.sum(0)  # (C,)
-        # Centres are means of unit vectors and deliberately not re-normalised (as in the release).
-        image_centres = (membership.T @ all_image) / counts[:, None]  # (C, d)
-        text_centres = (membership.T @ all_text) / counts[:, None]  # (C, d)
+        counts = torch.bincount(member_class, minlength=classes.numel()).to(dtype)  # (C,)
+        # Centres are means of unit vectors and deliberately not re-normalised (as in the release). Summed
+        # with index_add (O(C*d) memory): no (N, C) membership matrix, so at a global batch of 32k with
+        # mostly singleton classes the only (B, C)-sized tensors are the logits and their softmax.
+        image_centres = _class_means(all_image, member_class, counts)  # (C, d)
+        text_centres = _class_means(all_text, member_class, counts)  # (C, d)
         log_counts = counts.log()
         scale = torch.as_tensor(logit_scale, device=device).to(dtype)
-        # + log(n_c) lets one class logit stand for its n_c identical columns in the log-sum-exp.
-        logits_image = scale * (rows_image @ text_centres.T) + log_counts  # (B, C)
-        logits_text = scale * (rows_text @ image_centres.T) + log_counts  # (B, C)
-        grouped = (F.cross_entropy(logits_image, row_class) + F.cross_entropy(logits_text, row_class)) / 2
+        # + log(n_c) lets one class logit stand for its n_c identical columns in the log-sum-exp. The scale
+        # multiplies the (B, d) rows, not the (B, C) product, so autograd keeps no extra (B, C) tensor.
+        logits_image = torch.addmm(log_counts, scale * rows_image, text_centres.T)  # (B, C)
+        loss_image = F.cross_entropy(logits_image, row_class)
+        del logits_image  # cross_entropy keeps its own log-softmax; free the logits before the next (B, C)
+        logits_text = torch.addmm(log_counts, scale * rows_text, image_centres.T)  # (B, C)
+        grouped = (loss_image + F.cross_entropy(logits_text, row_class)) / 2
         # The release's target is one column, not its whole class: take the target's log(n_{y_i}) back out.
         return grouped + log_counts[row_class].mean()
+
+
+def _class_means(features: Tensor, member_class: Tensor, counts: Tensor) -> Tensor:
+    """features (N, d), member_class (N,) in [0, C), counts (C,) -> per-class means (C, d)."""
+    sums = features.new_zeros(counts.shape[0], features.shape[1]).index_add(0, member_class, features)
+    return sums / counts[:, None]
 
 
 def gather_class_ids(class_ids: Tensor, world_size: int, use_horovod: bool = False) -> Tensor:

@@ -3,12 +3,15 @@
 A checkpoint is ``{"epoch", "name", "state_dict", "optimizer", "scaler"?, "step", "best_mean_recall"}``;
 open_clip's loaders read it as they read their own. Every file is written to a temporary name in the same
 directory and renamed into place, so a crash or SIGKILL during a save never leaves a truncated checkpoint.
+An epoch's names (``epoch_latest.pt``, ``epoch_N.pt``, ``epoch_best.pt``) share one write: the others are
+hard links to it, each also renamed into place, so the I/O is one checkpoint per epoch whatever is kept.
 """
 import glob
 import logging
 import os
 import re
-from typing import Any, Dict, Optional
+import shutil
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -21,13 +24,48 @@ _TMP_SUFFIX = ".tmp"
 _EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt$")
 
 
-def save_atomic(obj: Dict[str, Any], path: str) -> None:
-    tmp = f"{path}.{os.getpid()}{_TMP_SUFFIX}"
+def _temporary(path: str) -> str:
+    return f"{path}.{os.getpid()}{_TMP_SUFFIX}"
+
+
+def save_atomic(obj: Dict[str, Any], paths: List[str]) -> None:
+    """Writes ``obj`` once and puts it in place under every name in ``paths``, each atomically: a reader (or a
+    crash at any point) sees either a name's previous complete file or the new complete one.
+
+    The first name gets the written file; the others are hard links to it, falling back to a copy on file
+    systems without hard links. Later saves replace names (a rename onto them), never write into a file, so
+    a linked epoch_N.pt keeps its contents when epoch_latest.pt moves on.
+    """
+    first = paths[0]
+    tmp = _temporary(first)
     with open(tmp, "wb") as f:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    for path in paths[1:]:
+        linked = _temporary(path)
+        try:
+            os.link(tmp, linked)
+        except OSError as exc:  # e.g. a FUSE or SMB mount without hard links
+            logging.info(f"Cannot hard-link checkpoints in {os.path.dirname(path)} ({exc}); copying instead.")
+            shutil.copyfile(tmp, linked)
+        os.replace(linked, path)
+    os.replace(tmp, first)
+    _fsync_directory(os.path.dirname(first) or ".")
+
+
+def _fsync_directory(directory: str) -> None:
+    """Makes the renames durable (a power cut after the save keeps the new names)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def remove_stale_temporaries(checkpoint_dir: str) -> None:
@@ -87,15 +125,19 @@ def load_training_state(path: str, model: nn.Module, optimizer=None, scaler=None
 
 
 def save_epoch_checkpoints(state: Dict[str, Any], checkpoint_dir: str, *, completed_epoch: int, total_epochs: int,
-                           save_frequency: int, delete_previous: bool, is_best: bool) -> None:
-    """Always the latest (for --resume latest); ``epoch_N.pt`` every ``save_frequency`` epochs and at the end;
-    ``epoch_best.pt`` when validation mR improved."""
-    save_atomic(state, os.path.join(checkpoint_dir, LATEST_NAME))
-    if completed_epoch == total_epochs or (save_frequency > 0 and completed_epoch % save_frequency == 0):
-        save_atomic(state, os.path.join(checkpoint_dir, f"epoch_{completed_epoch}.pt"))
-        if delete_previous:
-            previous = os.path.join(checkpoint_dir, f"epoch_{completed_epoch - 1}.pt")
-            if os.path.exists(previous):
-                os.remove(previous)
+                           save_frequency: int, delete_previous: bool, is_best: bool) -> List[str]:
+    """One write per epoch, under every name it is kept as: always the latest (for --resume latest);
+    ``epoch_N.pt`` every ``save_frequency`` epochs and at the end; ``epoch_best.pt`` when validation mR
+    improved. Returns the paths written."""
+    paths = [os.path.join(checkpoint_dir, LATEST_NAME)]
+    numbered = completed_epoch == total_epochs or (save_frequency > 0 and completed_epoch % save_frequency == 0)
+    if numbered:
+        paths.append(os.path.join(checkpoint_dir, f"epoch_{completed_epoch}.pt"))
     if is_best:
-        save_atomic(state, os.path.join(checkpoint_dir, BEST_NAME))
+        paths.append(os.path.join(checkpoint_dir, BEST_NAME))
+    save_atomic(state, paths)
+    if numbered and delete_previous:
+        previous = os.path.join(checkpoint_dir, f"epoch_{completed_epoch - 1}.pt")
+        if os.path.exists(previous):
+            os.remove(previous)  # one name of its file: epoch_best.pt may still hold the same data
+    return paths

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Optional
 
 import numpy as np
+import open_clip
 import torch
 from open_clip_train.distributed import broadcast_object, init_distributed_device, is_master
 from open_clip_train.logger import setup_logging
@@ -25,29 +26,47 @@ from training.checkpoints import (
     find_latest, load_training_state, remove_stale_temporaries, save_epoch_checkpoints, training_state,
 )
 from training.data import get_data
+from training.failures import end_job, finish_job, other_rank_failed, watch_for_failed_ranks
 from training.params import parse_args, resolve_precision
+from training.sync_batchnorm import convert_sync_batchnorm
 from training.train import evaluate, train_one_epoch, unwrap
+from training.zeroshot import load_zeroshot_set, zeroshot_due, zeroshot_validate
 
-USER_ERRORS = (DataFormatError, CheckpointError, FileNotFoundError, ValueError)
+
+class RunExistsError(FileExistsError):
+    """The run folder holds a finished or running experiment and --resume latest was not given."""
+
+
+USER_ERRORS = (DataFormatError, CheckpointError, FileNotFoundError, ValueError, RunExistsError)
 
 
 def main(argv=None) -> int:
+    """Exit status 0; 2 for bad input (one ``error`` line); 1 for anything else (with its traceback). Under
+    torchrun a failing rank ends every rank (:mod:`training.failures`)."""
     args = parse_args(argv)
     device = init_distributed_device(args)
-    resolve_precision(args, device.type)
-    if not prepare_run(args):
-        return 1
-    setup_logging(args.log_path, logging.DEBUG if args.debug else logging.INFO)
-    quiet_library_logs(args.debug)
+    watch_for_failed_ranks(args)
     try:
+        resolve_precision(args, device.type)
+        prepare_run(args)
+        setup_logging(args.log_path, logging.DEBUG if args.debug else logging.INFO)
+        quiet_library_logs(args.debug)
         run(args, device)
     except USER_ERRORS as exc:
         # Bad input, not a bug: say what is wrong without a traceback.
         logging.error(f"{type(exc).__name__}: {exc}")
-        return 2
-    finally:
-        if args.distributed and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        return end_job(args, 2)
+    except KeyboardInterrupt:
+        logging.error(f"Interrupted (rank {args.rank}).")
+        return end_job(args, 130)
+    except Exception:
+        failed = other_rank_failed(args)
+        if failed is not None:  # this rank's error is the echo of another rank's failure
+            logging.error(f"Stopping rank {args.rank}: rank {failed} failed (its error is printed above/in its log).")
+        else:
+            logging.exception(f"Training failed on rank {args.rank}:")
+        return end_job(args, 1)
+    finish_job(args)
     return 0
 
 
@@ -67,15 +86,17 @@ def run(args, device: torch.device) -> None:
         model.lock_image_tower(unlocked_groups=args.lock_image_unlocked_groups,
                                freeze_bn_stats=args.lock_image_freeze_bn_stats)
     if args.lock_text:
-        model.lock_text_tower(unlocked_layers=args.lock_text_unlocked_layers,
-                              freeze_layer_norm=args.lock_text_freeze_layer_norm)
+        lock_text_tower(model, args)
     if args.grad_checkpointing:
         model.set_grad_checkpointing()
+    if args.distributed and args.use_bn_sync:
+        model = convert_sync_batchnorm(model)
     if is_master(args):
         log_params(args, model)
 
     tokenizer = get_tokenizer(args.model, context_length=args.force_context_length)
-    val_set = load_validation_set(args) if is_master(args) and args.val_data else None
+    val_set = load_validation_set(args) if args.val_data else None  # every rank encodes its share
+    zeroshot_set = load_zeroshot_set(args) if is_master(args) else None  # rank 0 scores it; see README
     if not args.train_data and args.dataset_type != "synthetic":
         raise ValueError("nothing to train on: pass --train-data (or --dataset-type synthetic)")
 
@@ -96,8 +117,8 @@ def run(args, device: torch.device) -> None:
     writer = tensorboard_writer(args)
     original_model = model  # checkpoints hold its state dict, without torch.compile's wrapper
     if args.torchcompile:
-        logging.info("Compiling the model with torch.compile ...")
-        model = torch.compile(original_model)
+        logging.info(f"Compiling the model with torch.compile (backend {args.torchcompile_backend}) ...")
+        model = torch.compile(original_model, backend=args.torchcompile_backend)
 
     if start_epoch >= args.epochs:
         logging.info(f"Nothing to do: the checkpoint is at epoch {start_epoch} of --epochs {args.epochs}.")
@@ -110,6 +131,9 @@ def run(args, device: torch.device) -> None:
         if val_set is not None and (completed_epoch % args.val_frequency == 0 or completed_epoch == args.epochs):
             metrics = evaluate(original_model, val_set, completed_epoch, args, preprocess_val, tokenizer,
                                tb_writer=writer)
+        if zeroshot_set is not None and zeroshot_due(completed_epoch, args):
+            metrics.update(zeroshot_validate(original_model, zeroshot_set, completed_epoch, args, preprocess_val,
+                                             tokenizer, tb_writer=writer))
         mean_recall = metrics.get(MEAN_RECALL_NAME)
         is_best = mean_recall is not None and (best_mean_recall is None or mean_recall > best_mean_recall)
         if is_best:
@@ -124,7 +148,7 @@ def run(args, device: torch.device) -> None:
             logging.info(f"Finished epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in summary.items())
                          + (f", val mR {mean_recall:.2f} (best {best_mean_recall:.2f})" if mean_recall else ""))
         if args.distributed:
-            torch.distributed.barrier()  # keep ranks together while the master evaluates and saves
+            torch.distributed.barrier()  # keep ranks together while the master saves
     if writer is not None:
         writer.close()
     if is_master(args):
@@ -155,7 +179,7 @@ def seed_everything(seed: int, rank: int) -> None:
     random.seed(seed + rank)
 
 
-def prepare_run(args) -> bool:
+def prepare_run(args) -> None:
     """Names the run and creates ``logs/<name>/`` like open_clip; refuses to overwrite a finished run."""
     if args.name is None:
         date = datetime.now().strftime("%Y_%m_%d-%H_%M_%S")
@@ -169,21 +193,16 @@ def prepare_run(args) -> bool:
     args.save_logs = bool(args.logs) and args.logs.lower() != "none" and is_master(args)
     args.tensorboard = "tensorboard" in args.report_to or "all" in args.report_to
     args.tensorboard_path = os.path.join(run_dir, "tensorboard") if args.tensorboard else ""
-    if "wandb" in args.report_to:
-        print("--report-to wandb is not supported by pir-clip; use tensorboard.", file=sys.stderr)
-        return False
     if is_master(args, local=args.log_local):
         os.makedirs(run_dir, exist_ok=True)
         args.log_path = os.path.join(run_dir, f"out-{args.rank}" if args.log_local else "out.log")
         if os.path.exists(args.log_path) and args.resume != "latest":
-            print(f"Error: experiment {run_dir} already exists. Use --name to start a new one, "
-                  "or --resume latest to continue it.", file=sys.stderr)
-            return False
+            raise RunExistsError(f"experiment {run_dir} already exists. Use --name to start a new one, "
+                                 "or --resume latest to continue it.")
     if is_master(args):
         for path in (args.checkpoint_path, args.tensorboard_path):
             if path:
                 os.makedirs(path, exist_ok=True)
-    return True
 
 
 def log_params(args, model) -> None:
@@ -194,6 +213,17 @@ def log_params(args, model) -> None:
         for name in sorted(vars(args)):
             f.write(f"{name}: {getattr(args, name)}\n")
     logging.info("Params:\n" + "\n".join(f"  {k}: {getattr(args, k)}" for k in sorted(vars(args))))
+
+
+def lock_text_tower(model, args) -> None:
+    """--lock-text. open_clip's CLIP text tower (PIR's too) can only be locked with its LayerNorms (its
+    lock_text_tower asserts so) while open_clip's --lock-text-freeze-layer-norm defaults to off, which makes
+    open_clip's own --lock-text fail on CLIP models: lock them with the rest, and say so."""
+    freeze_layer_norm = args.lock_text_freeze_layer_norm
+    if isinstance(unwrap(model), open_clip.CLIP) and not freeze_layer_norm:
+        logging.info("--lock-text: CLIP's text tower is locked with its LayerNorms (it has no other way).")
+        freeze_layer_norm = True
+    model.lock_text_tower(unlocked_layers=args.lock_text_unlocked_layers, freeze_layer_norm=freeze_layer_norm)
 
 
 def load_validation_set(args):

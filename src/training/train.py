@@ -13,7 +13,9 @@ from open_clip_train.precision import get_autocast
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from pir_clip.evaluation.encode import evaluate_retrieval
+from pir_clip.evaluation.encode import encode_images, encode_texts
+from pir_clip.evaluation.metrics import retrieval_metrics
+from training.failures import raise_if_injected
 
 Batch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -65,6 +67,7 @@ def _train_one_epoch(model, data, loss_fn, epoch, optimizer, scaler, scheduler, 
             continue
         step_in_epoch = i // args.accum_freq
         step = steps_per_epoch * epoch + step_in_epoch
+        raise_if_injected(args.rank, step)  # PIR_CLIP_FAIL_AT_STEP, for tests of a failing rank
         if not args.skip_scheduler:
             scheduler(step)
 
@@ -195,11 +198,32 @@ def report_skipped(info, epoch: int, args, tb_writer) -> Dict[str, int]:
 
 
 def evaluate(model, val_set, epoch: int, args, preprocess, tokenizer, tb_writer=None) -> Dict[str, float]:
-    """RS retrieval validation (METHOD.md section 6) on the master process; logged and appended to
-    ``results.jsonl`` next to the checkpoints."""
-    metrics, _, _ = evaluate_retrieval(
-        unwrap(model), val_set, preprocess, tokenizer, batch_size=args.val_batch_size or args.batch_size,
-        workers=min(args.workers, 4), device=args.device, precision=args.precision, progress=True)
+    """RS retrieval validation (METHOD.md section 6), sharded: every rank encodes every world_size-th image and
+    caption, the master gathers the embeddings, scores them, logs and appends to ``results.jsonl`` next to
+    the checkpoints. Returns the metrics on the master, {} elsewhere.
+
+    Sharding divides the validation time by the number of ranks and keeps them all busy: no rank waits in a
+    collective while the master encodes the whole set alone, so a large set cannot trip the process group's
+    timeout (10 min with NCCL). The metrics equal a single-process evaluation of the same weights.
+    """
+    model = unwrap(model)
+    was_training = model.training
+    model.eval()
+    encode = dict(device=args.device, precision=args.precision, progress=is_master(args))
+    try:
+        images = _encode_shard(encode_images, model, val_set.image_paths, args, preprocess,
+                               batch_size=args.val_batch_size or args.batch_size, workers=min(args.workers, 4),
+                               bands=getattr(args, "bands", None), **encode)
+        texts = _encode_shard(encode_texts, model, val_set.captions, args, tokenizer,
+                              batch_size=max(args.val_batch_size or args.batch_size, 64), **encode)
+    finally:
+        model.train(was_training)
+    if args.distributed:
+        images, texts = gather_shards(images, len(val_set.image_paths), args), \
+            gather_shards(texts, len(val_set.captions), args)
+    if not is_master(args):
+        return {}
+    metrics = retrieval_metrics(images, texts, val_set.text_to_image)
     logging.info(f"Eval Epoch: {epoch} " + "  ".join(f"{k}: {v:.2f}" for k, v in metrics.items()))
     if tb_writer is not None:
         for name, value in metrics.items():
@@ -208,3 +232,24 @@ def evaluate(model, val_set, epoch: int, args, preprocess, tokenizer, tb_writer=
         with open(os.path.join(args.checkpoint_path, "results.jsonl"), "a") as f:
             f.write(json.dumps({"epoch": epoch, **metrics}) + "\n")
     return metrics
+
+
+def _encode_shard(encode, model, items: List, args, transform, **kwargs) -> Optional[torch.Tensor]:
+    """``encode`` (encode_images / encode_texts) of this rank's items ``items[rank::world_size]``, (n, D);
+    None when the rank has none (more ranks than items)."""
+    shard = items[args.rank::args.world_size]
+    return encode(model, shard, transform, **kwargs) if shard else None
+
+
+def gather_shards(shard: Optional[torch.Tensor], total: int, args) -> Optional[torch.Tensor]:
+    """Every rank's ``items[rank::world_size]`` embeddings, put back in item order: (total, D) on every rank."""
+    shards: List[Optional[torch.Tensor]] = [None] * args.world_size
+    torch.distributed.all_gather_object(shards, shard)
+    present = [s for s in shards if s is not None]
+    if not present:
+        return None
+    out = present[0].new_empty(total, present[0].shape[1])
+    for rank, part in enumerate(shards):
+        if part is not None:
+            out[rank::args.world_size] = part
+    return out

@@ -13,7 +13,8 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from pir_clip.data.synthetic import SPLITS, encode_image, generate, make_image, split_sizes
+from pir_clip.data.synthetic import (CLASSIFICATION_INDEX_OFFSET, DEFAULT_CLASSIFICATION_IMAGES, SPLITS, encode_image,
+                                     generate, make_image, scene_folder_name, split_sizes)
 from pir_clip.data.synthetic_scenes import (BRIDGE_COLOURS, CAR_COLOURS, MAX_JITTER, NUMBER_WORDS, PALETTE,
                                        PLANE_COLOURS, ROOF_COLOURS, SCENES, TANK_COLOURS, Difficulty)
 
@@ -372,3 +373,21 @@ def test_command_line(tmp_path, capsys):
     assert cli.main(args + ["--overwrite"]) == 0
     with pytest.raises(SystemExit):
         cli.main(args)  # exists, no --overwrite
+
+
+def test_classification_set_is_camelcase_folders_of_unseen_scenes(small_runs, tmp_path):
+    root = small_runs[0] / "classification"
+    assert sorted(p.name for p in root.iterdir()) == ["Airport", "Desert", "Pond"]
+    files = sorted((root / "Airport").iterdir())
+    assert [p.name for p in files][:3] == ["airport_01.png", "airport_02.jpg", "airport_03.tif"]
+    assert len(files) == DEFAULT_CLASSIFICATION_IMAGES and {p.suffix for p in files} == {".png", ".jpg", ".tif"}
+    # Image i is scene CLASSIFICATION_INDEX_OFFSET + i: never one of the retrieval images.
+    sample = make_image("airport", CLASSIFICATION_INDEX_OFFSET + 1, seed=1, image_size=64)
+    assert encode_image(sample.image, "png") == files[0].read_bytes()
+    retrieval_images = {p.read_bytes() for p in (small_runs[0] / "images").iterdir()}
+    assert not retrieval_images & {p.read_bytes() for p in files}
+    assert scene_folder_name("storagetanks") == "StorageTanks" and scene_folder_name("beach") == "Beach"
+    # Every other output is byte-identical to a run without the classification set.
+    without = generate(tmp_path / "none", **{**SMALL, "classification_images_per_class": 0})
+    hashes = {k: v for k, v in file_hashes(small_runs[0]).items() if not k.startswith("classification/")}
+    assert hashes == file_hashes(Path(without.out_dir)) and without.classification == {}

@@ -228,3 +228,81 @@ def test_missing_file_and_unknown_names():
         create_model("PIR-tiny", pretrained="checkpoints/nope.pt")
     with pytest.raises(ValueError, match="Did you mean: PIR-tiny"):
         create_model("PIR-tinny")
+
+
+def modified_resnet_state(layers, width, output_dim, image_size, seed=0):
+    torch.manual_seed(seed)
+    return ModifiedResNet(list(layers), output_dim, width * 32 // 64, image_size, width).state_dict()
+
+
+def prior_file(tmp_path, kind, trunk_state):
+    """A prior checkpoint as users have them: an open_clip RN checkpoint (``visual.*``, training format) or the
+    authors' release (``res_visual.*`` next to the CLIP keys and ``vision_proj_res``)."""
+    path = tmp_path / f"{kind}.pt"
+    if kind == "open_clip_rn":
+        torch.save({"epoch": 1, "state_dict": {f"module.visual.{k}": v for k, v in trunk_state.items()}}, path)
+    else:
+        state = {f"res_visual.{k}": v for k, v in trunk_state.items()}
+        state["vision_proj_res.weight"] = torch.zeros(768, trunk_state["attnpool.c_proj.weight"].shape[0])
+        state["visual.proj"] = torch.zeros(768, 512)  # stands for the rest of the release's CLIP keys
+        torch.save({"state_dict": state}, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("model_name", ["PIR-tiny", "PIR-release-tiny"])
+@pytest.mark.parametrize("kind,output_dim", [("open_clip_rn", 256), ("release", 96), ("release", 128)])
+def test_prior_takes_its_shape_from_the_checkpoint(tmp_path, model_name, kind, output_dim):
+    """Tiny configs have a 128-wide prior; files of other widths (and depths) load whole, and the map from the
+    prior to the model (VIR's instruction_proj, the release's vision_proj_res) follows the file's width."""
+    trunk_state = modified_resnet_state((1, 2, 1, 1), 16, output_dim, 64)
+    path = prior_file(tmp_path, kind, trunk_state)
+    model = create_model(model_name, prior_pretrained=path, output_dict=True).eval()
+    trunk = model.prior.trunk if isinstance(model, PIR) else model.res_visual
+    assert set(trunk.state_dict()) == set(trunk_state)
+    for key, value in trunk_state.items():
+        assert torch.equal(trunk.state_dict()[key], value), key
+    to_model = model.vir.instruction_proj if isinstance(model, PIR) else model.vision_proj_res
+    if output_dim == 128 and isinstance(model, PIR):
+        assert isinstance(to_model, torch.nn.Identity)
+    else:
+        assert to_model.in_features == output_dim
+    images, texts = tiny_batch(2, model_name)
+    with torch.no_grad():
+        assert model(images, texts)["image_features"].shape == (2, 128)
+    # A checkpoint of the model trained from it loads again without the prior file: the shape is read back.
+    saved = tmp_path / "trained.pt"
+    torch.save({"epoch": 1, "state_dict": model.state_dict()}, saved)
+    again = create_model(model_name, pretrained=str(saved)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again.encode_image(images), model.encode_image(images))
+
+
+def test_full_rn50_priors_into_pir_and_pir_release(tmp_path):
+    """The real shapes: RemoteCLIP-RN50's attention pool outputs 1024 (PIR-release's config says 512), the
+    release's res_visual outputs 512 (PIR's config says 1024). Both load whole into both architectures."""
+    rn50 = modified_resnet_state((3, 4, 6, 3), 64, 1024, 224)
+    release = {k: v for k, v in modified_resnet_state((3, 4, 6, 3), 64, 512, 224, seed=1).items()}
+    cases = [("PIR-release", prior_file(tmp_path, "open_clip_rn", rn50), 1024),
+             ("PIR", prior_file(tmp_path, "release", release), 512)]
+    for model_name, path, width in cases:
+        model = create_model(model_name, prior_pretrained=path).eval()
+        trunk = model.prior.trunk if isinstance(model, PIR) else model.res_visual
+        assert trunk.attnpool.c_proj.out_features == width
+        assert torch.equal(trunk.attnpool.c_proj.weight, (rn50 if width == 1024 else release)["attnpool.c_proj.weight"])
+        if isinstance(model, PIR):
+            assert isinstance(model.vir.instruction_proj, torch.nn.Identity)  # 512 = embed_dim
+        else:
+            assert model.vision_proj_res.in_features == 1024
+        with torch.no_grad():
+            assert model.encode_image(torch.randn(1, 3, 224, 224)).shape == (1, 512)
+        del model
+
+
+def test_prior_file_that_is_no_modified_resnet_names_the_file_and_the_fix(tmp_path):
+    import torchvision
+    path = tmp_path / "aid_resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"aid_resnet18.pth does not hold a ModifiedResNet.*'timm'"):
+        create_model("PIR-tiny", prior_pretrained=str(path))
+    with pytest.raises(ValueError, match="has no prior encoder"):
+        create_model("PIR-tiny", prior_pretrained=str(path), enable_vir=False)

@@ -1,11 +1,13 @@
 """One training step of tiny PIR with the affiliation loss, under torchrun or in one process.
 
-    torchrun --nproc_per_node 2 tests/ddp_step_check.py OUT_DIR     # each rank takes half the batch
-    python tests/ddp_step_check.py OUT_DIR                          # the whole batch in one process
+    torchrun --nproc_per_node 2 tests/ddp_step_check.py OUT_DIR [VARIANT ...]   # each rank takes half the batch
+    python tests/ddp_step_check.py OUT_DIR [VARIANT ...]                        # the whole batch in one process
 
-Both write the loss terms, the gradients and the parameters after an SGD step to OUT_DIR/{ddp,single}.pt, using the
-training loop's own functions (forward_backward, optimizer_step) and PIRLoss with --gather-with-grad.
-Dropout is switched off so the two runs are comparable.
+Both write the loss terms, the gradients and the parameters after an SGD step to OUT_DIR/{VARIANT}-{ddp,single}.pt,
+using the training loop's own functions (forward_backward, optimizer_step) and PIRLoss with --gather-with-grad.
+Dropout is switched off so the two runs are comparable. Variants: ``plain`` (frozen prior), ``sync_bn`` (the
+prior trained, its BatchNorm layers converted as --use-bn-sync does), ``local_bn`` (the prior trained, plain
+BatchNorm: each rank normalises with its own half-batch statistics).
 """
 import contextlib
 import os
@@ -18,6 +20,7 @@ import torch.distributed as dist
 import pir_clip
 from pir_clip.data.labels import resolve_class_id
 from pir_clip.losses import PIRLoss
+from training.sync_batchnorm import convert_sync_batchnorm
 from training.train import forward_backward, optimizer_step
 
 GLOBAL_BATCH = 8
@@ -35,9 +38,9 @@ def global_batch():
     return images, texts, ids
 
 
-def build_model():
+def build_model(unlock_prior=False):
     torch.manual_seed(0)
-    model = pir_clip.create_model("PIR-tiny", output_dict=True)
+    model = pir_clip.create_model("PIR-tiny", output_dict=True, unlock_prior=unlock_prior)
     g = torch.Generator().manual_seed(1)
     for name, param in model.named_parameters():  # non-zero heads so VIR and LCA get gradients at step 1
         if ".head." in name:
@@ -51,13 +54,10 @@ def build_model():
     return model.train()
 
 
-def main(out_dir):
-    distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
-    rank, world = 0, 1
-    if distributed:
-        dist.init_process_group("gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-    model = build_model()
+def step(variant, out_dir, distributed, rank, world):
+    model = build_model(unlock_prior=variant != "plain")
+    if variant == "sync_bn":
+        model = convert_sync_batchnorm(model)
     # SGD, not AdamW: Adam's first step is lr * g / (|g| + eps), which turns float noise on gradients that are
     # mathematically zero (e.g. attention key biases) into +-lr; SGD keeps parameters comparable to 1e-6.
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9,
@@ -76,11 +76,21 @@ def main(out_dir):
     if rank == 0:
         state = getattr(model, "module", model).state_dict()
         torch.save({"losses": {k: v.detach() for k, v in losses.items()}, "grads": grads, "state_dict": state},
-                   os.path.join(out_dir, "ddp.pt" if distributed else "single.pt"))
+                   os.path.join(out_dir, f"{variant}-{'ddp' if distributed else 'single'}.pt"))
+
+
+def main(out_dir, variants):
+    distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+    rank, world = 0, 1
+    if distributed:
+        dist.init_process_group("gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+    for variant in variants:
+        step(variant, out_dir, distributed, rank, world)
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:] or ["plain"])

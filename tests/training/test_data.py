@@ -1,4 +1,4 @@
-"""Tests of the training data pipeline (src/training/data.py) and the Karpathy -> WebDataset converter, on a
+"""Tests of the training data pipeline (src/training/data/) and the Karpathy -> WebDataset converter, on a
 tiny generated data set (PNG, JPEG and TIFF images) and hand-made shards with bad samples."""
 import argparse
 import importlib.util
@@ -8,7 +8,6 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import open_clip
 import pytest
 import torch
@@ -19,8 +18,8 @@ import pir_clip  # noqa: F401  (registers the PIR-tiny tokenizer config)
 from pir_clip.data.annotations import DataFormatError
 from pir_clip.data.labels import class_id, resolve_class_id
 from pir_clip.data.synthetic import generate
-import training.data as training_data
-from training.data import SKIP_REASONS, UNKNOWN_CLASS, get_data, load_rgb
+import training.data.webdataset as training_wds
+from training.data import SKIP_REASONS, UNKNOWN_CLASS, get_data
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["airport", "pond", "desert"]
@@ -188,8 +187,8 @@ def bad_shards(tmp_path_factory):
 def test_bad_shard_samples_are_skipped_and_counted(bad_shards, tokenizer, workers, monkeypatch):
     # An image is decoded (and a corrupt one counted) when it leaves the shuffle buffer; without the buffer
     # an epoch of exactly the 16 good samples decodes every sample once, so the counts are exact.
-    monkeypatch.setattr(training_data, "SAMPLE_SHUFFLE_SIZE", 1)
-    monkeypatch.setattr(training_data, "SAMPLE_SHUFFLE_INITIAL", 1)
+    monkeypatch.setattr(training_wds, "SAMPLE_SHUFFLE_SIZE", 1)
+    monkeypatch.setattr(training_wds, "SAMPLE_SHUFFLE_INITIAL", 1)
     args = make_args(bad_shards / "bad-{000000..000001}.tar", workers=workers, batch_size=4, train_num_samples=16)
     info = load(args, tokenizer)
     batches = run_epoch(info)
@@ -304,12 +303,6 @@ def test_synthetic_smoke_data(tokenizer):
     assert ids.tolist() == [UNKNOWN_CLASS] * 4
 
 
-def test_fewer_shards_than_workers_is_an_error(synth, tokenizer):
-    single = str(synth / "shards" / "rs5m" / "train-000000.tar")
-    with pytest.raises(DataFormatError, match="--workers"):
-        get_data(make_args(single, workers=2), (TRANSFORM, TRANSFORM), tokenizer=tokenizer)
-
-
 # ---------------------------------------------------------------------------------------------- distribution
 
 
@@ -318,16 +311,16 @@ def sample_ids(batches):
             for images, texts, _ in batches for i in range(len(images))}
 
 
-@pytest.mark.parametrize("fmt", ["rs5m", "json"])
-def test_two_ranks_get_disjoint_samples(synth, tokenizer, fmt):
+def test_two_ranks_get_disjoint_samples(synth, tokenizer):
+    # Webdataset ranks: tests/training/test_data_epochs.py.
+    fmt = "json"
     per_rank = [load(format_args(synth, fmt, world_size=2, rank=rank, distributed=True), tokenizer)
                 for rank in (0, 1)]
     assert per_rank[0].dataloader.num_batches == per_rank[1].dataloader.num_batches
     seen = [sample_ids(run_epoch(info)) for info in per_rank]
     assert seen[0] and seen[1] and not seen[0] & seen[1]
-    if fmt == "json":
-        indices = [set(info.sampler) for info in per_rank]
-        assert not indices[0] & indices[1] and len(indices[0]) == len(indices[1]) == 22
+    indices = [set(info.sampler) for info in per_rank]
+    assert not indices[0] & indices[1] and len(indices[0]) == len(indices[1]) == 22
 
 
 def test_resampled_mode_yields_the_configured_number_of_batches(synth, tokenizer):
@@ -341,22 +334,7 @@ def test_resampled_mode_yields_the_configured_number_of_batches(synth, tokenizer
         get_data(make_args(spec, train_data_upsampling_factors="1::3"), (TRANSFORM, TRANSFORM), tokenizer=tokenizer)
 
 
-# ---------------------------------------------------------------------------------------------- images, converter
-
-
-def test_load_rgb_converts_tiff_palette_and_16_bit(tmp_path):
-    palette = Image.new("P", (4, 4), 1)
-    palette.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)
-    palette.info["transparency"] = 0
-    deep = Image.fromarray(np.array([[0, 1000], [2000, 4000]], dtype=np.uint16))
-    rgba = Image.new("RGBA", (3, 3), (10, 20, 30, 0))
-    for name, image, fmt in (("p.png", palette, "PNG"), ("d.tif", deep, "TIFF"), ("a.png", rgba, "PNG")):
-        image.save(tmp_path / name, fmt)
-    assert load_rgb(str(tmp_path / "p.png")).getpixel((0, 0)) == (200, 10, 10)
-    deep_rgb = load_rgb((tmp_path / "d.tif").read_bytes())
-    assert deep_rgb.mode == "RGB"
-    assert deep_rgb.getpixel((1, 1)) == (255, 255, 255) and deep_rgb.getpixel((0, 0)) == (0, 0, 0)
-    assert load_rgb(str(tmp_path / "a.png")).mode == "RGB"
+# ---------------------------------------------------------------------------------------------- converter
 
 
 def converter():

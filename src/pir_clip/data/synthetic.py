@@ -16,10 +16,19 @@ renders, splits and writes them. Output layout under ``out_dir``::
     shards/openclip/{split}-{000000}.tar    per sample: {key}.{png|jpg|tif}, {key}.txt
     shards/{rs5m,openclip}/sizes.json       {shard file name: samples}
     summary.json                            seed, settings, class names in label order, counts
+    classification/{Folder}/{class}_{i}.{png|jpg|tif}
+                                            a scene classification set: one CamelCase folder per class
+                                            (ParkingLot, StorageTanks, ...), i from 1 zero-padded, formats
+                                            cycling png, jpg, tif; images the retrieval files never show
 
 Sample keys are ``c{k}/{image stem}`` (k = caption index 0-4): one sample per (image, caption) pair, and
 the class id rule still applies to the key's base name. ``label`` is the class's index in sorted class
 names. ``imgid`` numbers images in that class order, then by index; ``sentid = 5 * imgid + k``.
+
+The classification set's image i of a class is the scene ``make_image(class, CLASSIFICATION_INDEX_OFFSET + i)``,
+so it is disjoint from the retrieval images (a model trained on them is tested on unseen scenes) and does
+not depend on ``images_per_class``. It is written after everything else and leaves the other files as they
+were before it existed.
 
 Everything is a pure function of the arguments: each image draws from its own random stream seeded by
 (seed, class name, index), so the same seed gives byte-identical files, and an image does not change when
@@ -34,7 +43,7 @@ import shutil
 import tarfile
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -48,11 +57,15 @@ IMAGE_FORMATS = ("png", "jpg", "tif", "mixed")
 MIXED_FORMATS = ("png", "jpg", "tif")
 SPLITS = ("train", "val", "test")
 OUTPUT_ENTRIES = ("images", "csv", "shards", "attributes.json", "dataset_synthetic.json", "pir_itr_train.json",
-                  "pir_itr_val.json", "pir_itr_test.json", "summary.json")
+                  "pir_itr_val.json", "pir_itr_test.json", "summary.json", "classification")
 SHARD_KINDS = ("rs5m", "openclip")
 DEFAULT_IMAGES_PER_CLASS = 100
 DEFAULT_IMAGE_SIZE = 96
 DEFAULT_SHARD_SIZE = 1000
+DEFAULT_CLASSIFICATION_IMAGES = 25  # per class: 20 train + 5 test under the 80/20 rule, enough for 16-shot probes
+CLASSIFICATION_INDEX_OFFSET = 1_000_000
+# Class folder names as RS scene data sets write them (AID: StorageTanks, BaseballField); others capitalised.
+SCENE_FOLDER_NAMES = {"parkinglot": "ParkingLot", "storagetanks": "StorageTanks", "baseballfield": "BaseballField"}
 _PIL_FORMATS = {"png": ("PNG", {}), "jpg": ("JPEG", {"quality": 92}), "tif": ("TIFF", {})}
 _STREAM_ATTRIBUTES, _STREAM_DRAWING, _STREAM_CAPTIONS = 0, 1, 2
 
@@ -88,6 +101,7 @@ class GenerationSummary:
     counts: Dict[str, Dict[str, int]]
     shards: Dict[str, int]
     seconds: float = 0.0
+    classification: Dict[str, int] = field(default_factory=dict)  # class folder -> images; not in summary.json
 
     @property
     def n_images(self) -> int:
@@ -282,6 +296,29 @@ def write_shards(shard_root: Path, images_dir: Path, records: Sequence[ImageReco
     return shards_per_split
 
 
+def scene_folder_name(class_name: str) -> str:
+    """The classification set's CamelCase folder of a scene class: ``storagetanks`` -> ``StorageTanks``."""
+    return SCENE_FOLDER_NAMES.get(class_name, class_name.capitalize())
+
+
+def write_classification_set(out: Path, classes: Sequence[str], images_per_class: int, seed: int, image_size: int,
+                             difficulty: Difficulty, progress: bool = False) -> Dict[str, int]:
+    """``out/{Folder}/{class}_{i}.{png|jpg|tif}`` for i = 1..images_per_class; returns images per folder."""
+    width = len(str(images_per_class))
+    jobs = [(name, i) for name in classes for i in range(1, images_per_class + 1)]
+    if progress:
+        from tqdm import tqdm
+        jobs = tqdm(jobs, desc="rendering the classification set", unit="img")
+    for name, i in jobs:
+        folder = out / scene_folder_name(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        sample = make_image(name, CLASSIFICATION_INDEX_OFFSET + i, seed=seed, image_size=image_size,
+                            difficulty=difficulty)
+        extension = image_extension("mixed", i)
+        (folder / f"{name}_{i:0{width}d}.{extension}").write_bytes(encode_image(sample.image, extension))
+    return {scene_folder_name(name): images_per_class for name in classes}
+
+
 # -------------------------------------------------------------------------------------------- generate
 
 
@@ -325,16 +362,20 @@ def generate(out_dir: Union[str, Path], *, seed: int = 0, images_per_class: int 
              image_size: int = DEFAULT_IMAGE_SIZE, classes: Optional[Sequence[str]] = None,
              image_format: str = "png", val_fraction: float = 0.1, test_fraction: float = 0.2,
              shard_size: int = DEFAULT_SHARD_SIZE, difficulty: Union[str, Difficulty, None] = "medium",
-             overwrite: bool = False, progress: bool = False) -> GenerationSummary:
+             classification_images_per_class: int = DEFAULT_CLASSIFICATION_IMAGES, overwrite: bool = False,
+             progress: bool = False) -> GenerationSummary:
     """Write the synthetic benchmark (layout in the module docstring) and return its summary.
 
     classes: scene class names (default: all of :data:`SCENES`); labels number them in sorted order.
     image_format: png, jpg, tif, or mixed (png/jpg/tif by image index). difficulty: a preset name
-    (easy/medium/hard) or a :class:`Difficulty`. progress: show a tqdm bar while rendering.
+    (easy/medium/hard) or a :class:`Difficulty`. classification_images_per_class: images per class of the
+    ``classification/`` set (0: none). progress: show a tqdm bar while rendering.
     """
     started = time.perf_counter()
     classes = sorted(classes if classes is not None else SCENES)
     check_settings(classes, images_per_class, image_size, image_format, val_fraction, test_fraction, shard_size)
+    if classification_images_per_class < 0:
+        raise ValueError(f"classification_images_per_class must be >= 0, got {classification_images_per_class}")
     difficulty = resolve_difficulty(difficulty)
     out_dir = Path(out_dir)
     prepare_out_dir(out_dir, overwrite)
@@ -370,5 +411,9 @@ def generate(out_dir: Union[str, Path], *, seed: int = 0, images_per_class: int 
                 "captions_per_image": CAPTIONS_PER_IMAGE, "difficulty": asdict(difficulty)}
     summary = GenerationSummary(str(out_dir), seed, list(classes), settings, counts, shards)
     write_json(out_dir / "summary.json", summary.to_json(), indent=1)
+    if classification_images_per_class:
+        summary.classification = write_classification_set(
+            out_dir / "classification", classes, classification_images_per_class, seed, image_size, difficulty,
+            progress)
     summary.seconds = time.perf_counter() - started
     return summary

@@ -1,37 +1,77 @@
-"""Encoding an evaluation set with a model, and scoring it with the RS retrieval protocol.
+"""Encoding image files and caption sets with a model, and scoring retrieval with the RS protocol.
 
-Shared by ``retrieval.py`` and by validation during training, so both report the same numbers.
+Shared by ``retrieval.py``, ``pir-clip zeroshot`` / ``linear-probe`` and validation during training, so all
+report the same numbers.
 """
 import logging
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from open_clip import get_input_dtype
 from open_clip_train.precision import get_autocast
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..data.annotations import RetrievalSet
-from ..data.images import decode_image
+from ..data.images import ImageDecodeError, decode_image
 from .metrics import retrieval_metrics
 
 
 class ImageFiles(Dataset):
-    """Image files -> preprocessed tensors through the shared decoder (:mod:`pir_clip.data.images`); an
-    unreadable image is an error (skipping it would change the metrics), reported with its path."""
+    """Image files -> preprocessed tensors through the shared decoder (:mod:`pir_clip.data.images`).
 
-    def __init__(self, paths: Sequence[str], transform: Callable, bands: Optional[Sequence[int]] = None):
+    By default an unreadable image is an error (skipping it would change retrieval metrics), reported with its
+    path. With ``skip_unreadable`` an item is ``(tensor, error)``: ``error`` is "" for a good image, else the
+    decoder's message, and the tensor is a black placeholder the caller must drop.
+    """
+
+    def __init__(self, paths: Sequence[str], transform: Callable, bands: Optional[Sequence[int]] = None,
+                 skip_unreadable: bool = False):
         self.paths = list(paths)
         self.transform = transform
         self.bands = bands
+        self.skip_unreadable = skip_unreadable
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.transform(decode_image(self.paths[index], self.bands))
+    def __getitem__(self, index: int):
+        if not self.skip_unreadable:
+            return self.transform(decode_image(self.paths[index], self.bands))
+        try:
+            return self.transform(decode_image(self.paths[index], self.bands)), ""
+        except ImageDecodeError as exc:
+            return self.transform(Image.new("RGB", (8, 8))), str(exc) or "unreadable"
+
+
+class EncodedImages(NamedTuple):
+    """features: ``(N, D)`` L2-normalised float32 on the CPU (rows of unreadable images are placeholders);
+    errors: ``(N,)`` "" for each decoded image, else why it could not be decoded."""
+    features: torch.Tensor
+    errors: List[str]
+
+    @property
+    def readable(self) -> torch.Tensor:
+        """``(N,)`` bool: the rows to use."""
+        return torch.tensor([not e for e in self.errors], dtype=torch.bool)
+
+
+def _encode_batches(model: nn.Module, loader: DataLoader, device, precision: str, progress: bool, desc: str,
+                    with_errors: bool) -> Tuple[torch.Tensor, List[str]]:
+    device = torch.device(device)
+    autocast, dtype = get_autocast(precision, device_type=device.type), get_input_dtype(precision)
+    out, errors = [], []
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+        images = batch[0] if with_errors else batch
+        with autocast():
+            features = model.encode_image(images.to(device=device, dtype=dtype))
+        out.append(F.normalize(features.float(), dim=-1).cpu())
+        if with_errors:
+            errors += list(batch[1])
+    return torch.cat(out), errors
 
 
 @torch.no_grad()
@@ -39,15 +79,19 @@ def encode_images(model: nn.Module, paths: Sequence[str], preprocess: Callable, 
                   workers: int = 0, device="cpu", precision: str = "fp32", progress: bool = True,
                   bands: Optional[Sequence[int]] = None) -> torch.Tensor:
     """Image files -> L2-normalised embeddings (N, D), float32 on the CPU. ``bands``: see ``decode_image``."""
-    device = torch.device(device)
-    autocast, dtype = get_autocast(precision, device_type=device.type), get_input_dtype(precision)
     loader = DataLoader(ImageFiles(paths, preprocess, bands), batch_size=batch_size, num_workers=workers)
-    out = []
-    for images in tqdm(loader, desc="encoding images", unit="batch", disable=not progress):
-        with autocast():
-            features = model.encode_image(images.to(device=device, dtype=dtype))
-        out.append(F.normalize(features.float(), dim=-1).cpu())
-    return torch.cat(out)
+    return _encode_batches(model, loader, device, precision, progress, "encoding images", with_errors=False)[0]
+
+
+@torch.no_grad()
+def encode_images_skipping(model: nn.Module, paths: Sequence[str], preprocess: Callable, *, batch_size: int = 64,
+                           workers: int = 0, device="cpu", precision: str = "fp32", progress: bool = True,
+                           bands: Optional[Sequence[int]] = None) -> EncodedImages:
+    """As :func:`encode_images`, but an image the decoder cannot read is skipped and its error kept."""
+    loader = DataLoader(ImageFiles(paths, preprocess, bands, skip_unreadable=True), batch_size=batch_size,
+                        num_workers=workers)
+    return EncodedImages(*_encode_batches(model, loader, device, precision, progress, "encoding images",
+                                          with_errors=True))
 
 
 @torch.no_grad()
@@ -69,6 +113,21 @@ def encode_texts(model: nn.Module, captions: Sequence[str], tokenizer: Callable,
         out.append(F.normalize(features.float(), dim=-1).cpu())
     embeddings = torch.cat(out)
     return embeddings[torch.tensor([unique[c] for c in captions])]
+
+
+def load_model_for_evaluation(args) -> Tuple[nn.Module, Callable, str]:
+    """The model the evaluation commands' ``--model-name``, ``--checkpoint``, ``--prior-pretrained``,
+    ``--precision`` and ``--device`` name -> (model in eval mode, its inference preprocess, device); prints
+    what was loaded."""
+    from ..models.factory import create_model_and_transforms
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, _, preprocess = create_model_and_transforms(
+        args.model_name, args.checkpoint, prior_pretrained=args.prior_pretrained, precision=args.precision,
+        device=device)
+    model.eval()
+    print(f"Model: {args.model_name} ({type(model).__name__}) from {args.checkpoint or 'random initialisation'} "
+          f"on {device}", flush=True)
+    return model, preprocess, device
 
 
 def encode_retrieval_set(model: nn.Module, data: RetrievalSet, preprocess: Callable, tokenizer: Callable, *,

@@ -18,8 +18,8 @@ import torch
 
 from ..data.annotations import RetrievalSet, load_retrieval_set
 from ..data.images import parse_bands
-from ..models.factory import create_model_and_transforms, get_tokenizer
-from .encode import encode_retrieval_set
+from ..models.factory import get_tokenizer
+from .encode import encode_retrieval_set, load_model_for_evaluation
 from .metrics import MEAN_RECALL_NAME, RECALL_NAMES, retrieval_metrics
 
 
@@ -45,18 +45,12 @@ def save_embeddings(path: str, data: RetrievalSet, images: torch.Tensor, texts: 
 
 def run(args) -> Dict:
     """Runs ``pir-clip retrieval`` for parsed arguments (see :func:`pir_clip.cli.retrieval_arguments`)."""
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     # Validate the data first: a missing image should fail in a second, not after building a model.
     data = load_retrieval_set(args.data, images_dir=args.images_dir, split=args.split, csv_encoding=args.csv_encoding,
                               csv_separator=args.csv_separator, csv_image_key=args.csv_img_key,
                               csv_caption_key=args.csv_caption_key, images_flag="--retrieval-images-dir")
     print(f"Data: {data.summary()}", flush=True)
-    model, _, preprocess = create_model_and_transforms(
-        args.model_name, args.checkpoint, prior_pretrained=args.prior_pretrained, precision=args.precision,
-        device=device)
-    model.eval()
-    print(f"Model: {args.model_name} ({type(model).__name__}) from {args.checkpoint or 'random initialisation'} "
-          f"on {device}", flush=True)
+    model, preprocess, device = load_model_for_evaluation(args)
     tokenizer = get_tokenizer(args.model_name)
     start = time.time()
     images, texts = encode_retrieval_set(model, data, preprocess, tokenizer, batch_size=args.batch_size,

@@ -9,7 +9,6 @@ CLIP part and the PIR modules start fresh (logged).
 """
 import copy
 import logging
-import math
 import os
 import re
 from dataclasses import asdict
@@ -27,7 +26,8 @@ from .checkpoint import (
 )
 from .config import PIRCfg, PriorCfg
 from .pir import PIR
-from .prior import prior_state_dict_from
+from .prior import prior_cfg_from_weights, prior_state_dict_from
+from .registry import open_clip_original
 from .release import PIRRelease
 
 get_tokenizer = open_clip.get_tokenizer
@@ -49,18 +49,20 @@ def get_model_config(model_name: str) -> Dict[str, Any]:
     return copy.deepcopy(cfg)
 
 
-def release_prior_cfg(state_dict: StateDict) -> PriorCfg:
-    """Reads the release prior's ModifiedResNet shape off its weights (heads cannot be read: 64-wide)."""
-    try:
-        layers = tuple(
-            len({k.split(".")[2] for k in state_dict if k.startswith(f"res_visual.layer{i}.")}) for i in range(1, 5))
-        width = 2 * state_dict["res_visual.conv1.weight"].shape[0]
-        output_dim = state_dict["res_visual.attnpool.c_proj.weight"].shape[0]
-        grid = math.isqrt(state_dict["res_visual.attnpool.positional_embedding"].shape[0] - 1)
-    except KeyError as exc:
-        raise CheckpointError(f"release-format checkpoint lacks {exc.args[0]}; is the file complete?") from exc
-    return PriorCfg(type="modified_resnet", layers=layers, width=width, head_width=64, image_size=grid * 32,
-                    output_dim=output_dim, frozen=True)
+def release_prior_cfg(state_dict: StateDict, base: Optional[PriorCfg] = None) -> PriorCfg:
+    """The release prior's ModifiedResNet shape, read off its ``res_visual.*`` weights (``base``: the model
+    config's prior, for the head width; see :func:`prior_cfg_from_weights`)."""
+    trunk = {k[len("res_visual."):]: v for k, v in state_dict.items() if k.startswith("res_visual.")}
+    return prior_cfg_from_weights(trunk, base or PriorCfg(frozen=True), "release-format checkpoint")
+
+
+def checkpoint_prior_cfg(state_dict: StateDict, base: PriorCfg, source: str) -> PriorCfg:
+    """The prior shape a PIR checkpoint was trained with (``prior.trunk.*``), so it loads whatever prior
+    width it used; ``base`` when it has no ModifiedResNet prior."""
+    trunk = {k[len("prior.trunk."):]: v for k, v in state_dict.items() if k.startswith("prior.trunk.")}
+    if base.type != "modified_resnet" or "attnpool.c_proj.weight" not in trunk:
+        return base
+    return prior_cfg_from_weights(trunk, base, source)
 
 
 def set_precision(model: nn.Module, precision: str, device: Union[str, torch.device]) -> None:
@@ -101,7 +103,7 @@ def _read_pretrained(model_name: str, pretrained: Optional[str], clip_model: Opt
         raise ValueError(f"--pretrained {pretrained!r} is neither a file nor an open_clip tag of {base} "
                          f"(tags: {tags or 'none'})")
     logging.info(f"Loading open_clip {base} weights '{pretrained}' for the CLIP part of {model_name}.")
-    base_model = open_clip.create_model(base, pretrained=pretrained, cache_dir=cache_dir)
+    base_model = open_clip_original("create_model")(base, pretrained=pretrained, cache_dir=cache_dir)
     return base_model.state_dict(), open_clip.get_pretrained_cfg(base, pretrained)
 
 
@@ -133,7 +135,7 @@ def create_model(
     pir_cfg = PIRCfg.from_dict(cfg.pop("pir_cfg")) if "pir_cfg" in cfg else None
     if pir_cfg is None and pretrained and not os.path.isfile(pretrained):
         # A plain open_clip model with a pretrained tag: open_clip does everything.
-        return open_clip.create_model(
+        return open_clip_original("create_model")(
             model_name, pretrained, precision=precision, device=device, force_quick_gelu=force_quick_gelu,
             force_image_size=force_image_size, force_context_length=force_context_length,
             force_patch_dropout=force_patch_dropout, cache_dir=cache_dir, output_dict=output_dict, **model_kwargs)
@@ -146,10 +148,11 @@ def create_model(
             logging.info(f"{pretrained} is an authors' release checkpoint: building the release-compatible model.")
         pir_cfg = pir_cfg or PIRCfg()
         pir_cfg.architecture = "release"
-        pir_cfg.prior = release_prior_cfg(state_dict)
+        pir_cfg.prior = release_prior_cfg(state_dict, pir_cfg.prior)
     elif fmt == "pir" and pir_cfg is not None and pir_cfg.architecture == "pir":
         pir_cfg.vir.enabled = any(k.startswith("vir.") for k in state_dict)
         pir_cfg.lca.enabled = any(k.startswith("lca.") for k in state_dict)
+        pir_cfg.prior = checkpoint_prior_cfg(state_dict, pir_cfg.prior, str(pretrained))
     if pir_cfg is not None:
         if enable_vir is not None:
             pir_cfg.vir.enabled = enable_vir
@@ -157,6 +160,12 @@ def create_model(
             pir_cfg.lca.enabled = enable_lca
         if unlock_prior:
             pir_cfg.prior.frozen = False
+    prior_state = read_prior_weights(prior_pretrained, model_name, pir_cfg) if prior_pretrained else None
+    if prior_state is not None and pir_cfg.prior.type == "modified_resnet":
+        # The prior takes its shape, output width included, from its weights: an open_clip RN50 (1024 out)
+        # and the release's res_visual (512 out) both load into PIR and PIR-release. VIR maps the prior's
+        # width to embed_dim (instruction_proj), the release path to the ViT width (vision_proj_res).
+        pir_cfg.prior = prior_cfg_from_weights(prior_state, pir_cfg.prior, f"--prior-pretrained {prior_pretrained}")
 
     cast_dtype = get_cast_dtype(precision)
     custom_text = cfg.pop("custom_text", False) or "hf_model_name" in cfg["text_cfg"]
@@ -174,8 +183,9 @@ def create_model(
         fresh = load_into(model, resize_to_model(state_dict, model), str(pretrained), allowed_missing)
         prior_loaded = prior_loaded and not any(k.startswith(("prior.", "res_visual.")) for k in fresh)
         log_fresh(model_name, fresh)
-    if prior_pretrained:
-        load_prior(model, prior_pretrained)
+    if prior_state is not None:
+        load_into(prior_trunk(model), prior_state, f"prior checkpoint {prior_pretrained}")
+        logging.info(f"Loaded prior weights from {prior_pretrained} ({describe_prior(pir_cfg.prior)}).")
         prior_loaded = True
     if pir_cfg is not None and _has_prior(model) and pir_cfg.prior.frozen and not prior_loaded:
         logging.warning(f"{model_name}: the prior encoder is frozen but has random weights; pass prior "
@@ -211,8 +221,25 @@ def prior_trunk(model: nn.Module) -> nn.Module:
     raise ValueError(f"{type(model).__name__} has no prior encoder to load weights into (is VIR disabled?)")
 
 
+def read_prior_weights(path: str, model_name: str, pir_cfg: Optional[PIRCfg]) -> StateDict:
+    """The prior trunk's weights from ``path`` (open_clip RN50, release, PIR or timm/torchvision file)."""
+    if pir_cfg is None or pir_cfg.architecture == "pir" and not pir_cfg.vir.enabled:
+        raise ValueError(f"--prior-pretrained {path}: {model_name} has no prior encoder"
+                         + (" (VIR is disabled)" if pir_cfg is not None else ""))
+    return prior_state_dict_from(load_state_dict(path), path)
+
+
+def describe_prior(cfg: PriorCfg) -> str:
+    if cfg.type == "timm":
+        return f"timm {cfg.timm_model_name}"
+    return (f"ModifiedResNet layers {list(cfg.layers)}, width {cfg.width}, {cfg.image_size} px, "
+            f"output {cfg.output_dim}")
+
+
 def load_prior(model: nn.Module, path: str) -> None:
-    """Loads prior weights from an open_clip RN50, release, PIR or timm/torchvision ResNet checkpoint."""
+    """Loads prior weights from an open_clip RN50, release, PIR or timm/torchvision ResNet checkpoint into the
+    prior of an existing model, whose shape must match (``create_model(..., prior_pretrained=path)`` instead
+    builds the prior in the shape the file holds)."""
     trunk = prior_trunk(model)
     state_dict = prior_state_dict_from(load_state_dict(path), path)
     load_into(trunk, state_dict, f"prior checkpoint {path}")

@@ -29,12 +29,16 @@ class LanguageCycleAttention(nn.Module):
         self.head = zero_init_linear(embed_dim, embed_dim)
 
     def forward(self, tokens: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
-        """tokens (B, L, D), eot_index (B,) -> residual for the pooled text embedding (B, D)."""
-        # Positions after the longest caption's EOT are padding for every row and are masked as keys
-        # anyway, and a query only shapes its own position: cutting them changes nothing but the cost.
-        length = int(eot_index.max()) + 1
-        states = tokens[:, :length]
-        mask = padding_mask(eot_index, length)
+        """tokens (B, L, D), eot_index (B,) -> residual for the pooled text embedding (B, D).
+
+        Runs over all L positions with the padding after each EOT masked out as keys. Cutting the batch
+        at its longest caption would save the padding rows' work, but the cut length is a value on the
+        device: reading it (``int(eot.max())``) would stall the host on every text forward and break
+        torch.compile's graph. Masked padding is exact: a padding position is never a key, and as a query
+        it shapes only its own output, which nothing reads.
+        """
+        mask = padding_mask(eot_index, tokens.shape[1])
+        states = tokens
         for step in self.steps[:-1]:
             states = step(states, states, key_padding_mask=mask)
         return self.head(self.steps[-1](states, states, key_padding_mask=mask, output_index=eot_index)[:, 0])

@@ -83,8 +83,7 @@ class PIR(CLIP):
         x = self.ln_final(self.transformer(x, attn_mask=self.attn_mask))  # (B, L, width)
         eot = self.eot_index(text)
         pooled = self.project_text(text_global_pool(x, text, self.text_pool_type, eos_token_id=self.text_eos_id))
-        tokens = self.project_text(x[:, :int(eot.max()) + 1])
-        features = pooled + self.lca(tokens, eot)
+        features = pooled + self.lca(self.project_text(x), eot)
         return F.normalize(features, dim=-1) if normalize else features
 
     def project_text(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,14 +3,19 @@
 Frozen by default (no gradients, BatchNorm statistics fixed), as in PIR-ITR and the PIR-CLIP figure;
 ``PriorCfg.frozen = False`` trains it.
 """
+import dataclasses
 import logging
+import math
 from typing import Dict, Tuple
 
 import torch
 from open_clip.modified_resnet import ModifiedResNet
 from torch import nn
 
+from .checkpoint import CheckpointError
 from .config import PriorCfg
+
+OPEN_CLIP_RESNET_HEAD_WIDTH = 64  # open_clip's ModifiedResNet configs: heads = width * 32 // 64
 
 
 def build_prior(cfg: PriorCfg, embed_dim: int) -> Tuple[nn.Module, int]:
@@ -88,3 +93,28 @@ def prior_state_dict_from(state_dict: Dict[str, torch.Tensor], source: str) -> D
     if dropped:
         logging.info(f"Prior weights: dropping the classifier {dropped} of {source}; the prior is a feature extractor.")
     return {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+
+
+def prior_cfg_from_weights(state_dict: Dict[str, torch.Tensor], base: PriorCfg, source: str) -> PriorCfg:
+    """The ModifiedResNet a prior checkpoint holds: ``base`` with layers, width, input size and output width
+    read off the trunk's weights (keys without prefix, as :func:`prior_state_dict_from` returns them).
+
+    So any ModifiedResNet loads whole: open_clip's RN50 (attention pool out 1024), the authors' release
+    (``res_visual``, out 512), a tiny one. The head count cannot be read off weights (heads only split
+    the attention pool's width): heads are ``base.head_width`` wide when the checkpoint has the config's
+    width (e.g. a prior trained with this config), else 64 wide, the rule of every open_clip ResNet.
+    """
+    try:
+        layers = tuple(len({k.split(".")[1] for k in state_dict if k.startswith(f"layer{i}.")}) for i in range(1, 5))
+        width = 2 * state_dict["conv1.weight"].shape[0]  # ModifiedResNet's stem starts at width / 2
+        output_dim = state_dict["attnpool.c_proj.weight"].shape[0]
+        grid = math.isqrt(state_dict["attnpool.positional_embedding"].shape[0] - 1)
+    except KeyError as exc:
+        raise CheckpointError(
+            f"{source} does not hold a ModifiedResNet prior (no {exc.args[0]!r}); for a timm or torchvision "
+            "ResNet set pir_cfg.prior.type to 'timm' with its timm_model_name") from exc
+    if not all(layers):
+        raise CheckpointError(f"{source}: a ModifiedResNet prior needs blocks in layer1..layer4, found {layers}")
+    head_width = base.head_width if width == base.width else OPEN_CLIP_RESNET_HEAD_WIDTH
+    return dataclasses.replace(base, type="modified_resnet", layers=layers, width=width, head_width=head_width,
+                               output_dim=output_dim, image_size=grid * 32)
