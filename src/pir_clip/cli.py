@@ -143,6 +143,80 @@ def linear_probe_arguments(p: argparse.ArgumentParser):
     return run
 
 
+@command("index", "embed image folders, webdataset shards and GeoTIFF scenes into a searchable index")
+def index_arguments(p: argparse.ArgumentParser):
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="Image folders (recursive), image files, .tar shards or brace specs of shards "
+                        "('shards/train-{000000..000009}.tar').")
+    p.add_argument("--out", required=True, metavar="INDEX_DIR", help="Index folder to create or update.")
+    add_model_arguments(p)
+    g = p.add_argument_group("GeoTIFF scenes")
+    g.add_argument("--scenes", nargs="+", default=[], metavar="FILE",
+                   help="GeoTIFF scenes (or folders of them) to tile into chips, read window by window.")
+    g.add_argument("--chip-size", type=int, default=224, help="Chip side in pixels (default 224).")
+    g.add_argument("--stride", type=int, default=None, help="Pixels between chip origins (default: the chip size).")
+    g = p.add_argument_group("index")
+    g.add_argument("--index-type", choices=("flat", "ivf-pq", "hnsw"), default="flat",
+                   help="flat: exact inner product (default); ivf-pq / hnsw: approximate, for large archives.")
+    g.add_argument("--index-factory", default=None, metavar="STRING",
+                   help="Any FAISS index_factory string instead of --index-type (inner product metric).")
+    g.add_argument("--nlist", type=int, default=None, help="ivf-pq: k-means cells (default ~sqrt(N)).")
+    g.add_argument("--pq-m", type=int, default=None, help="ivf-pq: sub-quantizers (default D/8).")
+    g.add_argument("--hnsw-m", type=int, default=None, help="hnsw: graph degree M (default 32).")
+    g.add_argument("--ef-construction", type=int, default=None, help="hnsw: build breadth (default 100).")
+    g.add_argument("--nprobe", type=int, default=None, help="Default cells visited per ivf-pq query (32).")
+    g.add_argument("--ef-search", type=int, default=None, help="Default hnsw query breadth (256).")
+    g.add_argument("--rerank", type=int, default=None,
+                   help="Approximate indexes: score rerank x k candidates exactly (default 10 for ivf-pq).")
+    g.add_argument("--dtype", choices=("float16", "float32"), default="float16",
+                   help="Stored embedding precision (default float16).")
+    g = p.add_argument_group("run")
+    g.add_argument("--shard-size", type=int, default=2048,
+                   help="Items per embedding shard: the most work a killed run loses (default 2048).")
+    g.add_argument("--rebuild", action="store_true",
+                   help="Discard the index's embeddings and re-embed everything (e.g. with a new model).")
+    g.add_argument("--rank-timeout", type=float, default=600.0,
+                   help="torchrun: seconds rank 0 waits for a silent rank before giving up (default 600).")
+    add_runtime_arguments(p)
+
+    def run(args):
+        from .search.build import run as run_index
+        args.stride = args.stride or args.chip_size
+        return run_index(args)
+    return run
+
+
+@command("search", "search an index by text, image or example item; table, JSON, GeoJSON and contact sheet")
+def search_arguments(p: argparse.ArgumentParser):
+    p.add_argument("index_dir", metavar="INDEX_DIR", help="Folder written by 'pir-clip index'.")
+    g = p.add_argument_group("query (one of)")
+    g.add_argument("--text", default=None, help="Text query, e.g. \"storage tanks next to a river\".")
+    g.add_argument("--image", default=None, metavar="PATH", help="Image query (any format the decoder reads).")
+    g.add_argument("--like", type=int, default=None, metavar="ID", help="More like item ID (itself left out).")
+    g.add_argument("-k", type=int, default=10, help="Hits to return (default 10).")
+    g = p.add_argument_group("approximate indexes")
+    g.add_argument("--nprobe", type=int, default=None, help="ivf-pq: cells visited (default: the index's).")
+    g.add_argument("--ef-search", type=int, default=None, help="hnsw: query breadth (default: the index's).")
+    g.add_argument("--rerank", type=int, default=None, help="Candidates scored exactly, as a multiple of k.")
+    g = p.add_argument_group("output")
+    g.add_argument("--output", default=None, metavar="HITS.json", help="Write the query and hits as JSON.")
+    g.add_argument("--geojson", default=None, metavar="HITS.geojson", help="Write hits as RFC 7946 GeoJSON.")
+    g.add_argument("--save-grid", default=None, metavar="HITS.png", help="Write a contact sheet of the hits.")
+    g = p.add_argument_group("model (default: the index's; must be the index's model)")
+    g.add_argument("--model-name", default=None, help="Query model name (refused unless it is the index's).")
+    g.add_argument("--checkpoint", default=None, help="Query checkpoint, e.g. the index's checkpoint moved elsewhere.")
+    g.add_argument("--prior-pretrained", default=None, help="Query model's separate prior weights.")
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", default=None, help="cuda, cpu... (default: cuda when available).")
+    g.add_argument("--precision", choices=PRECISIONS, default="fp32", help="Query model precision (default fp32).")
+    g.add_argument("--bands", default=None, metavar="R,G,B", help="Bands of a multi-band --image to use as RGB.")
+
+    def run(args):
+        from .search.query import run as run_search
+        return run_search(args)
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     parser = argparse.ArgumentParser(
