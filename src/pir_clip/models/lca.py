@@ -19,6 +19,16 @@ def padding_mask(eot_index: torch.Tensor, length: int) -> torch.Tensor:
     return positions.unsqueeze(0) > eot_index.unsqueeze(1)
 
 
+def used_length(eot_index: torch.Tensor, length: int) -> int:
+    """How many leading positions LCA must see: up to the batch's last EOT on the CPU, where reading that
+    value costs nothing; the whole ``length`` on an accelerator or under torch.compile, where reading it
+    would synchronise the host with the device and break the graph. Positions after every caption's EOT
+    are masked padding either way, so both give the same result."""
+    if eot_index.device.type != "cpu" or torch.compiler.is_compiling() or eot_index.numel() == 0:
+        return length
+    return min(length, int(eot_index.max()) + 1)
+
+
 class LanguageCycleAttention(nn.Module):
     def __init__(self, embed_dim: int, cfg: LCACfg, norm_layer: Callable[[int], nn.Module] = nn.LayerNorm):
         super().__init__()
@@ -31,11 +41,9 @@ class LanguageCycleAttention(nn.Module):
     def forward(self, tokens: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
         """tokens (B, L, D), eot_index (B,) -> residual for the pooled text embedding (B, D).
 
-        Runs over all L positions with the padding after each EOT masked out as keys. Cutting the batch
-        at its longest caption would save the padding rows' work, but the cut length is a value on the
-        device: reading it (``int(eot.max())``) would stall the host on every text forward and break
-        torch.compile's graph. Masked padding is exact: a padding position is never a key, and as a query
-        it shapes only its own output, which nothing reads.
+        Runs over the L positions it is given with the padding after each EOT masked out as keys (PIR
+        passes the first :func:`used_length` positions). Masked padding is exact: a padding position is
+        never a key, and as a query it shapes only its own output, which nothing reads.
         """
         mask = padding_mask(eot_index, tokens.shape[1])
         states = tokens

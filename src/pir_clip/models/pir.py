@@ -14,7 +14,7 @@ from open_clip.transformer import LayerNorm, LayerNormFp32, VisionTransformer, t
 from torch import nn
 
 from .config import PIRCfg
-from .lca import LanguageCycleAttention
+from .lca import LanguageCycleAttention, used_length
 from .prior import PriorEncoder
 from .vir import VisionInstructionRepresentation
 
@@ -83,7 +83,8 @@ class PIR(CLIP):
         x = self.ln_final(self.transformer(x, attn_mask=self.attn_mask))  # (B, L, width)
         eot = self.eot_index(text)
         pooled = self.project_text(text_global_pool(x, text, self.text_pool_type, eos_token_id=self.text_eos_id))
-        features = pooled + self.lca(self.project_text(x), eot)
+        used = used_length(eot, x.shape[1])  # on the CPU only the batch's longest caption, else all L
+        features = pooled + self.lca(self.project_text(x[:, :used]), eot)
         return F.normalize(features, dim=-1) if normalize else features
 
     def project_text(self, x: torch.Tensor) -> torch.Tensor:
