@@ -7,6 +7,7 @@ Bad input (a missing file, a malformed annotation or checkpoint, a wrong flag va
 """
 import argparse
 import logging
+import os
 import sys
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -214,6 +215,43 @@ def search_arguments(p: argparse.ArgumentParser):
     def run(args):
         from .search.query import run as run_search
         return run_search(args)
+    return run
+
+
+@command("serve", "serve an index: a search page and a JSON API (text, image, more like this, GeoJSON)")
+def serve_arguments(p: argparse.ArgumentParser):
+    p.add_argument("index_dir", metavar="INDEX_DIR", help="Folder written by 'pir-clip index'.")
+    g = p.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1",
+                   help="Address to bind (default 127.0.0.1, this machine only). Any other address makes the index "
+                        "reachable from the network and prints a warning; use it with --token.")
+    g.add_argument("--port", type=int, default=8000, help="Port (default 8000).")
+    g.add_argument("--exit-after", type=float, default=None, metavar="SECONDS",
+                   help="Shut down after this many seconds (tests, demos); default: run until Ctrl+C.")
+    g.add_argument("--token", default=os.environ.get("PIR_CLIP_TOKEN"),
+                   help="Require 'Authorization: Bearer TOKEN' on every API call (default: $PIR_CLIP_TOKEN, else "
+                        "none). The page asks for it, or takes it from http://HOST:PORT/#token=TOKEN.")
+    g = p.add_argument_group("limits")
+    g.add_argument("--max-k", type=int, default=1000, help="Most hits one query may ask for (default 1000).")
+    g.add_argument("--max-query-chars", type=int, default=500, help="Longest text query (default 500).")
+    g.add_argument("--max-upload-mb", type=float, default=20.0, help="Largest image upload in MiB (default 20).")
+    g = p.add_argument_group("model (default: the index's)")
+    g.add_argument("--checkpoint", default=None, help="The index's checkpoint, if it was moved.")
+    g.add_argument("--prior-pretrained", default=None, help="The index's separate prior weights, if moved.")
+    g.add_argument("--device", default=None, help="cuda, cpu... (default: cuda when available).")
+    g.add_argument("--precision", choices=PRECISIONS, default="fp32", help="Query model precision (default fp32).")
+
+    def run(args):
+        from .search.server import ServeLimits, serve
+        if not 0 < args.port < 65536:
+            raise ValueError(f"--port {args.port}: give a port from 1 to 65535")
+        if args.max_k < 1 or args.max_query_chars < 1 or args.max_upload_mb <= 0:
+            raise ValueError("--max-k, --max-query-chars and --max-upload-mb must be positive")
+        limits = ServeLimits(max_query_chars=args.max_query_chars, max_k=args.max_k,
+                             max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+        serve(args.index_dir, host=args.host, port=args.port, token=args.token or None, limits=limits,
+              device=args.device, precision=args.precision, checkpoint=args.checkpoint,
+              prior_pretrained=args.prior_pretrained, exit_after=args.exit_after)
     return run
 
 
