@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import pir_clip
+from pir_clip.models.lca import used_length
 
 CAPTIONS = [
     "many planes are parked next to a long runway at the airport",
@@ -96,9 +97,9 @@ class PAEOnly(Stepper):
         n_tokens = (model.visual.grid_size[0] * model.visual.grid_size[1])
         self.tokens = torch.randn(len(images), n_tokens, dim, generator=g, device=images.device, requires_grad=True)
         self.prior = torch.randn(len(images), model.prior.output_dim, generator=g, device=images.device)
-        self.text_tokens = torch.randn(len(texts), texts.shape[1], dim, generator=g, device=images.device,
-                                       requires_grad=True)
         self.eot = model.eot_index(texts)
+        length = used_length(self.eot, texts.shape[1])  # as PIR.encode_text: the used positions on the CPU
+        self.text_tokens = torch.randn(len(texts), length, dim, generator=g, device=images.device, requires_grad=True)
 
     def step(self, record=True):
         start = time.perf_counter()

@@ -187,6 +187,18 @@ def index_arguments(p: argparse.ArgumentParser):
     return run
 
 
+def add_index_model_arguments(p: argparse.ArgumentParser, model_name: bool) -> argparse._ArgumentGroup:
+    """The query model of an index (default: the index's own; another one is refused) and where it runs."""
+    g = p.add_argument_group("query model (default: the index's; must be the index's model)")
+    if model_name:
+        g.add_argument("--model-name", default=None, help="Query model name (refused unless it is the index's).")
+    g.add_argument("--checkpoint", default=None, help="Query checkpoint, e.g. the index's checkpoint moved elsewhere.")
+    g.add_argument("--prior-pretrained", default=None, help="Query model's separate prior weights.")
+    g.add_argument("--device", default=None, help="cuda, cpu... (default: cuda when available).")
+    g.add_argument("--precision", choices=PRECISIONS, default="fp32", help="Query model precision (default fp32).")
+    return g
+
+
 @command("search", "search an index by text, image or example item; table, JSON, GeoJSON and contact sheet")
 def search_arguments(p: argparse.ArgumentParser):
     p.add_argument("index_dir", metavar="INDEX_DIR", help="Folder written by 'pir-clip index'.")
@@ -203,13 +215,7 @@ def search_arguments(p: argparse.ArgumentParser):
     g.add_argument("--output", default=None, metavar="HITS.json", help="Write the query and hits as JSON.")
     g.add_argument("--geojson", default=None, metavar="HITS.geojson", help="Write hits as RFC 7946 GeoJSON.")
     g.add_argument("--save-grid", default=None, metavar="HITS.png", help="Write a contact sheet of the hits.")
-    g = p.add_argument_group("model (default: the index's; must be the index's model)")
-    g.add_argument("--model-name", default=None, help="Query model name (refused unless it is the index's).")
-    g.add_argument("--checkpoint", default=None, help="Query checkpoint, e.g. the index's checkpoint moved elsewhere.")
-    g.add_argument("--prior-pretrained", default=None, help="Query model's separate prior weights.")
-    g = p.add_argument_group("runtime")
-    g.add_argument("--device", default=None, help="cuda, cpu... (default: cuda when available).")
-    g.add_argument("--precision", choices=PRECISIONS, default="fp32", help="Query model precision (default fp32).")
+    g = add_index_model_arguments(p, model_name=True)
     g.add_argument("--bands", default=None, metavar="R,G,B", help="Bands of a multi-band --image to use as RGB.")
 
     def run(args):
@@ -235,11 +241,7 @@ def serve_arguments(p: argparse.ArgumentParser):
     g.add_argument("--max-k", type=int, default=1000, help="Most hits one query may ask for (default 1000).")
     g.add_argument("--max-query-chars", type=int, default=500, help="Longest text query (default 500).")
     g.add_argument("--max-upload-mb", type=float, default=20.0, help="Largest image upload in MiB (default 20).")
-    g = p.add_argument_group("model (default: the index's)")
-    g.add_argument("--checkpoint", default=None, help="The index's checkpoint, if it was moved.")
-    g.add_argument("--prior-pretrained", default=None, help="The index's separate prior weights, if moved.")
-    g.add_argument("--device", default=None, help="cuda, cpu... (default: cuda when available).")
-    g.add_argument("--precision", choices=PRECISIONS, default="fp32", help="Query model precision (default fp32).")
+    add_index_model_arguments(p, model_name=False)
 
     def run(args):
         from .search.server import ServeLimits, serve

@@ -224,14 +224,19 @@ def evaluate(model, val_set, epoch: int, args, preprocess, tokenizer, tb_writer=
     if not is_master(args):
         return {}
     metrics = retrieval_metrics(images, texts, val_set.text_to_image)
-    logging.info(f"Eval Epoch: {epoch} " + "  ".join(f"{k}: {v:.2f}" for k, v in metrics.items()))
+    report_metrics("Eval", metrics, epoch, args, tb_writer)
+    return metrics
+
+
+def report_metrics(label: str, metrics: Dict[str, float], epoch: int, args, tb_writer=None, digits: int = 2) -> None:
+    """Validation metrics to the log, tensorboard (``val/NAME``) and a line of ``results.jsonl``."""
+    logging.info(f"{label} Epoch: {epoch} " + "  ".join(f"{k}: {v:.{digits}f}" for k, v in metrics.items()))
     if tb_writer is not None:
         for name, value in metrics.items():
             tb_writer.add_scalar(f"val/{name}", value, epoch)
     if args.save_logs:
         with open(os.path.join(args.checkpoint_path, "results.jsonl"), "a") as f:
             f.write(json.dumps({"epoch": epoch, **metrics}) + "\n")
-    return metrics
 
 
 def _encode_shard(encode, model, items: List, args, transform, **kwargs) -> Optional[torch.Tensor]:

@@ -6,13 +6,12 @@ CSV), all of it, scored with the built-in RS templates. On the master process; t
 log, to tensorboard under ``val/`` and, as a line of their own, to ``results.jsonl``. Unreadable images are
 skipped and counted in the log.
 """
-import json
 import logging
-import os
 from typing import Dict, Optional
 
 from pir_clip.data.scene_folders import SceneSet, load_scene_set
 from pir_clip.evaluation.zeroshot import evaluate_zero_shot, read_templates
+from training.train import report_metrics
 
 METRIC_PREFIX = "zeroshot-val-"
 
@@ -41,11 +40,5 @@ def zeroshot_validate(model, scene_set: SceneSet, epoch: int, args, preprocess, 
     if result.unreadable:
         logging.warning(f"Zero-shot validation skipped {len(result.unreadable)} unreadable images, e.g. "
                         f"{result.unreadable[0][1]}")
-    logging.info(f"Zero-shot Epoch: {epoch} " + "  ".join(f"{k}: {v:.4f}" for k, v in metrics.items()))
-    if tb_writer is not None:
-        for name, value in metrics.items():
-            tb_writer.add_scalar(f"val/{name}", value, epoch)
-    if args.save_logs:
-        with open(os.path.join(args.checkpoint_path, "results.jsonl"), "a") as f:
-            f.write(json.dumps({"epoch": epoch, **metrics}) + "\n")
+    report_metrics("Zero-shot", metrics, epoch, args, tb_writer, digits=4)
     return metrics
