@@ -107,7 +107,9 @@ def test_search_page_in_chromium(server, tmp_path):
             page.wait_for_function("document.getElementById('detail-table').textContent.includes('source')")
             assert first.source in page.text_content("#detail-table")
             page.click("#more-like-this")
-            page.wait_for_function(f"document.getElementById('status').textContent.includes('like #{first.id}')")
+            # The status reads "searching items like #N…" until the new hits are on the page.
+            page.wait_for_function("document.getElementById('status').textContent === "
+                                   f"'{len(like)} hits for items like #{first.id}'")
             assert page.get_attribute(".card", "data-id") == str(like[0].id)
             assert page.text_content(".card .source") == os.path.basename(like[0].source)
             with page.expect_download() as download_info:
