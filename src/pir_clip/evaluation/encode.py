@@ -59,16 +59,22 @@ class EncodedImages(NamedTuple):
         return torch.tensor([not e for e in self.errors], dtype=torch.bool)
 
 
+@torch.no_grad()
+def encode_pixels(model: nn.Module, images: torch.Tensor, device="cpu", precision: str = "fp32") -> torch.Tensor:
+    """Preprocessed images ``(B, 3, H, W)`` -> L2-normalised embeddings ``(B, D)``, float32 on the CPU: the one
+    image-encoding step of evaluation, zero-shot, indexing and search (input dtype and autocast by
+    ``precision``, as open_clip_train does)."""
+    device = torch.device(device)
+    with get_autocast(precision, device_type=device.type)():
+        features = model.encode_image(images.to(device=device, dtype=get_input_dtype(precision)))
+    return F.normalize(features.float(), dim=-1).cpu()
+
+
 def _encode_batches(model: nn.Module, loader: DataLoader, device, precision: str, progress: bool, desc: str,
                     with_errors: bool) -> Tuple[torch.Tensor, List[str]]:
-    device = torch.device(device)
-    autocast, dtype = get_autocast(precision, device_type=device.type), get_input_dtype(precision)
     out, errors = [], []
     for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
-        images = batch[0] if with_errors else batch
-        with autocast():
-            features = model.encode_image(images.to(device=device, dtype=dtype))
-        out.append(F.normalize(features.float(), dim=-1).cpu())
+        out.append(encode_pixels(model, batch[0] if with_errors else batch, device, precision))
         if with_errors:
             errors += list(batch[1])
     return torch.cat(out), errors

@@ -11,11 +11,10 @@ from typing import Callable, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from open_clip import get_input_dtype
-from open_clip_train.precision import get_autocast
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
+
+from ..evaluation.encode import encode_pixels
 
 from .shards import ERROR, NODATA, OK
 from .sources import Item, SceneCache, item_pixels
@@ -69,19 +68,13 @@ def embed_items(model, preprocess: Callable, items: Sequence[Item], dim: int, *,
                 device="cpu", precision: str = "fp32", bands: Optional[Sequence[int]] = None, progress: bool = True,
                 desc: str = "embedding") -> Iterator[EmbeddedBatch]:
     """Yields :class:`EmbeddedBatch` es covering ``items`` in order; ``dim`` is the embedding width."""
-    device = torch.device(device)
-    autocast, dtype = get_autocast(precision, device_type=device.type), get_input_dtype(precision)
     loader = DataLoader(ItemImages(items, preprocess, bands), batch_size=batch_size, num_workers=workers,
                         collate_fn=collate_items, persistent_workers=False)
     with tqdm(total=len(items), desc=desc, unit="img", disable=not progress, smoothing=0.1) as bar:
         for positions, images, statuses, errors in loader:
-            features = None
-            if images is not None:
-                with autocast():
-                    features = model.encode_image(images.to(device=device, dtype=dtype))
-                features = F.normalize(features.float(), dim=-1).cpu().numpy()
             out = np.zeros((len(positions), dim), dtype=np.float32)
-            if features is not None:
-                out[[i for i, s in enumerate(statuses) if s == OK]] = features
+            if images is not None:
+                out[[i for i, s in enumerate(statuses) if s == OK]] = encode_pixels(model, images, device,
+                                                                                    precision).numpy()
             bar.update(len(positions))
             yield EmbeddedBatch(positions, statuses, errors, out)

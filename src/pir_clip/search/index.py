@@ -215,9 +215,7 @@ class SearchIndex:
     def embed_image(self, image: ImageQuery, bands: Optional[Sequence[int]] = None) -> np.ndarray:
         """A PIL image, encoded image bytes or an image file -> (D,) float32 L2-normalised embedding.
         Bytes and files go through the shared decoder (``bands`` as ``--bands``)."""
-        import torch
-        from open_clip import get_input_dtype
-        from open_clip_train.precision import get_autocast
+        from ..evaluation.encode import encode_pixels
         if isinstance(image, Image.Image):
             rgb = _as_rgb(image)
         elif isinstance(image, (bytes, bytearray, memoryview)):
@@ -228,12 +226,9 @@ class SearchIndex:
             raise ImageDecodeError(f"an image query must be a PIL image, image bytes or a file path, not "
                                    f"{type(image).__name__}")
         loaded = self._loaded()
-        device = torch.device(self.device)
-        autocast = get_autocast(self.precision, device_type=device.type)
-        pixels = loaded.preprocess(rgb).unsqueeze(0).to(device=device, dtype=get_input_dtype(self.precision))
-        with self._encode_lock, torch.no_grad(), autocast():
-            features = loaded.model.encode_image(pixels)
-        return torch.nn.functional.normalize(features.float(), dim=-1)[0].cpu().numpy()
+        with self._encode_lock:
+            pixels = loaded.preprocess(rgb).unsqueeze(0)
+            return encode_pixels(loaded.model, pixels, self.device, self.precision)[0].numpy()
 
     # ------------------------------------------------------------------------------------ search
 
